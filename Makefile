@@ -1,0 +1,109 @@
+# The sparsekit book: `make book` builds it, `make test` runs every check.
+# Nothing needs activating: every tool is called from .venv/bin.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JB_FLAGS := -n -W --keep-going --all
+LINT_PATHS := sparsekit tests benchmarks .ci
+
+# Same results on every run (set iteration order), and the kernel named python3 is always
+# the one installed in .venv, even where a user-wide kernel of that name exists.
+export PYTHONHASHSEED := 0
+export JUPYTER_PREFER_ENV_PATH := 1
+# Quiet the debugger's note about frozen modules that new kernels print on start-up.
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help venv book lint unit nbval test notebooks clean distclean
+
+help:
+	@echo "make book       create .venv, install, build the HTML book into _build/html"
+	@echo "make test       venv, lint, unit, nbval and book, stopping at the first failure"
+	@echo "make lint       ruff check and ruff format --check"
+	@echo "make unit       pytest tests"
+	@echo "make nbval      pytest --nbval on every notebook (committed outputs must reproduce)"
+	@echo "make notebooks  re-execute every notebook in place and save its outputs"
+	@echo "make clean      remove _build and runs;  make distclean  also removes .venv"
+
+venv: $(STAMP)
+
+# Re-install only when the requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --no-input -r requirements.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
+		--display-name "Python 3 (sparsekit)"
+	touch $@
+
+book: venv
+	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	@echo "The book is in _build/html/index.html"
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+unit: venv
+	$(BIN)/python -m pytest tests -q
+
+nbval: venv
+	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
+		echo "$(BIN)/python -m pytest --nbval --nbval-current-env notebooks -q"; \
+		$(BIN)/python -m pytest --nbval --nbval-current-env notebooks -q; \
+	else \
+		echo "nbval: no notebooks in notebooks/ yet"; \
+	fi
+
+# Every check, in order, stopping at the first failure, with the time each one took.
+test:
+	@total=$$(date +%s); \
+	for step in venv lint unit nbval book; do \
+		start=$$(date +%s); \
+		echo "==> make $$step"; \
+		$(MAKE) --no-print-directory $$step || { echo "==> make $$step FAILED"; exit 1; }; \
+		echo "==> make $$step: ok in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	echo "==> make test: all checks passed in $$(( $$(date +%s) - total )) s"
+
+# Re-execute every notebook in notebooks/ and save it in place: each runs in notebooks/ with
+# the .venv kernel (python3), 600 s per cell, and no execution timestamps are written, so the
+# saved notebooks change only where their outputs do. (nbclient does the work: `jupyter
+# nbconvert` is not among the requirements, and `jupyter execute` always records timings.)
+define EXECUTE_NOTEBOOKS
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+for name in sys.argv[1:]:
+    path = Path(name)
+    print(f"==> executing {path}", flush=True)
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", record_timing=False,
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    nbformat.write(nb, path)
+endef
+export EXECUTE_NOTEBOOKS
+
+notebooks: venv
+	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
+		$(BIN)/python -c "$$EXECUTE_NOTEBOOKS" notebooks/*.ipynb; \
+	else \
+		echo "no notebooks in notebooks/ yet"; \
+	fi
+
+clean:
+	rm -rf _build runs generated .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
