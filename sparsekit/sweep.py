@@ -231,9 +231,7 @@ def _format_params(params: Mapping[str, Any]) -> str:
 
 def run_filename(stem: str, params: Mapping[str, Any]) -> str:
     """Name of the executed notebook of one run: ``<stem>__size=512__window_size=16.ipynb``."""
-    parts = [stem] + [
-        f"{name}={_UNSAFE_CHARS.sub('_', str(value))}" for name, value in params.items()
-    ]
+    parts = [stem] + [f"{name}={_UNSAFE_CHARS.sub('_', str(value))}" for name, value in params.items()]
     return "__".join(parts) + ".ipynb"
 
 
@@ -450,8 +448,7 @@ def run_sweep(
     points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(points)))
     tasks = [
-        (str(notebook.resolve()), str((out / run_filename(notebook.stem, p)).resolve()), p)
-        for p in points
+        (str(notebook.resolve()), str((out / run_filename(notebook.stem, p)).resolve()), p) for p in points
     ]
 
     results: list[dict[str, Any]] = [{} for _ in points]
@@ -532,15 +529,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs", "-j", type=int, default=None, help="runs at a time (default: number of cores)"
     )
-    parser.add_argument(
-        "--out", default=None, help="results folder (default: runs/<notebook stem>)"
-    )
-    parser.add_argument(
-        "--kernel", default="python3", help="Jupyter kernel name (default: python3)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=600, help="seconds per cell (default: 600)"
-    )
+    parser.add_argument("--out", default=None, help="results folder (default: runs/<notebook stem>)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per cell (default: 600)")
     parser.set_defaults(func=_command)
     return parser
 

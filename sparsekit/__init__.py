@@ -1,0 +1,46 @@
+"""sparsekit: sparse-attention masks defined once, as exact vectorized predicates.
+
+Every pattern is a :class:`Pattern` built by a factory (:func:`causal`, :func:`strided`, ...). Its
+predicate ``p(q, kv)`` is the definition; ``p.dense(n)``, ``p.labels(n)``, ``p.row_counts(n)``,
+``p.nnz(n)``, ``p.sparsity(n)``, ``p.blocks(n, block_size)`` and ``p.nonzeros(n, order)`` are derived
+from it and agree with it exactly.
+"""
+
+from .masks.causal import causal
+from .masks.image import axial
+from .masks.local import block_local, dilated_sliding_window, sliding_window, window
+from .masks.longrange import bigbird, global_tokens, longformer, random
+from .masks.sparse_transformer import fixed, strided
+from .pattern import (
+    DIAGONAL,
+    GLOBAL,
+    LABEL_NAMES,
+    LOCAL,
+    NO_ATTENTION,
+    Pattern,
+    set_memory_budget,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DIAGONAL",
+    "GLOBAL",
+    "LABEL_NAMES",
+    "LOCAL",
+    "NO_ATTENTION",
+    "Pattern",
+    "axial",
+    "bigbird",
+    "block_local",
+    "causal",
+    "dilated_sliding_window",
+    "fixed",
+    "global_tokens",
+    "longformer",
+    "random",
+    "set_memory_budget",
+    "sliding_window",
+    "strided",
+    "window",
+]

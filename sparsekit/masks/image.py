@@ -1,0 +1,52 @@
+"""Patterns for images flattened row-major: axial attention along grid rows and columns."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import check_int, check_size
+from ..pattern import DIAGONAL, LOCAL, Pattern
+
+
+class Axial(Pattern):
+    """Tokens on a ``height x width`` grid attend along their grid row and grid column."""
+
+    family = "axial"
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__(height=height, width=width)
+        self.height, self.width = height, width
+        self.period = width
+
+    def bind(self, n: int) -> Pattern:
+        n = check_size(n)
+        if n != self.height * self.width:
+            raise ValueError(
+                f"axial(height={self.height}, width={self.width}) covers height * width = "
+                f"{self.height * self.width} tokens, but n = {n}: n must equal height * width"
+            )
+        return self
+
+    def predicate(self, q, kv):
+        w = self.width
+        return (q // w == kv // w) | (q % w == kv % w)
+
+    def code(self, q, kv):
+        return np.where(q == kv, DIAGONAL, LOCAL)
+
+    def _row_counts(self, n: int) -> np.ndarray:
+        return np.full(n, self.height + self.width - 1, dtype=np.int64)
+
+
+def axial(height: int, width: int) -> Pattern:
+    """Axial attention (Ho et al., 2019) on a row-major ``height x width`` grid of tokens.
+
+    Token ``t`` sits at grid row ``t // width`` and grid column ``t % width``; it attends to every
+    token in the same grid row or the same grid column. Views require ``n == height * width``.
+
+    Parameters
+    ----------
+    height, width : int
+        Grid shape; each ``>= 1``.
+    """
+    return Axial(check_int("height", height, low=1), check_int("width", width, low=1))
