@@ -1,0 +1,244 @@
+"""Pictures of patterns: labelled masks, crops, comparisons, block-reduced overviews and full PNGs.
+
+Every helper takes ``ax=None`` (a new figure is made when it is ``None``) and returns the figure.
+Figures get an explicit white background so they read the same on light and dark pages.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+from ._io import atomic_write
+from ._validate import check_int, check_size
+from .pattern import LABEL_NAMES, Pattern
+
+#: Colours of the label codes 0..3: no attention, diagonal, local, strided/column/global/random.
+LABEL_COLORS = ("lightgray", "darkblue", "royalblue", "skyblue")
+LABEL_CMAP = ListedColormap(LABEL_COLORS, name="sparsekit_labels")
+
+
+def _axes(ax, figsize=(5, 5)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, facecolor="white")
+    else:
+        fig = ax.figure
+    fig.patch.set_facecolor("white")
+    return fig, ax
+
+
+def _wrap(text: str, width: int = 30) -> str:
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False)) or text
+
+
+def _legend(ax, codes: Sequence[int]) -> None:
+    handles = [Patch(facecolor=LABEL_COLORS[c], edgecolor="gray", label=LABEL_NAMES[c]) for c in codes]
+    ax.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.9)
+
+
+def plot_mask(
+    pattern: Pattern,
+    n: int,
+    sample_size: int | None = None,
+    ax=None,
+    title: str | None = None,
+    legend: bool = True,
+    annotate: bool = True,
+):
+    """Draw the labelled mask of ``pattern`` at length ``n`` (or its top-left ``sample_size`` crop).
+
+    The annotation gives the exact sparsity of the whole ``n x n`` mask, even when only a crop is
+    drawn, so the crop never misrepresents the number.
+
+    Parameters
+    ----------
+    pattern : Pattern
+        The pattern to draw.
+    n : int
+        Sequence length.
+    sample_size : int, optional
+        Draw only the top-left ``sample_size x sample_size`` cells; in ``[1, n]``.
+    ax : matplotlib Axes, optional
+        Axes to draw on; a new figure when omitted.
+    title : str, optional
+        Title; the pattern's name by default.
+    legend, annotate : bool
+        Show the colour legend and the sparsity annotation.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    n = check_size(n)
+    shown = n if sample_size is None else check_int("sample_size", sample_size, low=1, high=n)
+    bound = pattern.bind(n)
+    idx = np.arange(shown)
+    labels = bound.label(idx[:, None], idx[None, :])
+    fig, ax = _axes(ax)
+    ax.imshow(labels, cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest")
+    crop = "" if shown == n else f" (top-left {shown} x {shown} of {n} x {n})"
+    ax.set_title(title if title is not None else _wrap(pattern.name + crop, 48), fontsize="medium")
+    ax.set_xlabel("key / value index j")
+    ax.set_ylabel("query index i")
+    if annotate:
+        ax.text(
+            0.02,
+            0.02,
+            f"sparsity {pattern.sparsity(n):.4%} at n = {n}",
+            transform=ax.transAxes,
+            fontsize="small",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"},
+        )
+    if legend:
+        _legend(ax, sorted(set(np.unique(labels).tolist()) | {0}))
+    return fig
+
+
+def plot_comparison(
+    patterns: Sequence[Pattern],
+    n: int,
+    sample_size: int | None = None,
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    axes=None,
+):
+    """Small multiples: several patterns side by side at the same length and crop.
+
+    Parameters
+    ----------
+    patterns : sequence of Pattern
+        Patterns to compare.
+    n : int
+        Sequence length.
+    sample_size : int, optional
+        Crop drawn for each pattern.
+    titles : sequence of str, optional
+        One title per pattern; the names by default.
+    ncols : int, optional
+        Panels per row; all in one row by default.
+    axes : array of Axes, optional
+        Axes to draw on, at least ``len(patterns)``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not patterns:
+        raise ValueError("patterns must hold at least one pattern")
+    if titles is not None and len(titles) != len(patterns):
+        raise ValueError(f"titles must have one entry per pattern ({len(patterns)}), got {len(titles)}")
+    count = len(patterns)
+    ncols = count if ncols is None else check_int("ncols", ncols, low=1)
+    nrows = -(-count // ncols)
+    if axes is None:
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), facecolor="white")
+    axes = np.atleast_1d(axes).ravel()
+    fig = axes[0].figure
+    for k, (ax, pattern) in enumerate(zip(axes, patterns, strict=False)):
+        plot_mask(pattern, n, sample_size, ax=ax, legend=False, annotate=False)
+        name = titles[k] if titles is not None else pattern.name
+        ax.set_title(f"{_wrap(name)}\nsparsity {pattern.sparsity(n):.2%}", fontsize="small")
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    for ax in axes[count:]:
+        ax.axis("off")
+    handles = [Patch(facecolor=LABEL_COLORS[c], edgecolor="gray", label=LABEL_NAMES[c]) for c in range(4)]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def reduce_blocks(pattern: Pattern, n: int, max_display: int = 256) -> tuple[np.ndarray, int]:
+    """Density of each tile when the mask is reduced to at most ``max_display`` tiles per side.
+
+    Returns the ``(tiles, tiles)`` array of allowed fractions and the tile size used. Every tile
+    with at least one allowed cell has a positive value, so thin structure stays visible.
+    """
+    n = check_size(n)
+    max_display = check_int("max_display", max_display, low=1)
+    tile = -(-n // max_display)
+    counts = pattern.block_counts(n, tile)
+    sizes = np.minimum(tile, n - np.arange(0, n, tile))
+    return counts / (sizes[:, None] * sizes[None, :]), tile
+
+
+def plot_smart(pattern: Pattern, n: int, max_display: int = 256, ax=None, title: str | None = None):
+    """Overview of a long mask: exact per-tile density on a grid of at most ``max_display`` tiles.
+
+    Unlike a crop, every part of the mask is shown; unlike plain down-sampling, a tile containing a
+    single allowed cell is never dropped (its density is positive and drawn on a log colour scale).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.colors import LogNorm
+
+    density, tile = reduce_blocks(pattern, n, max_display)
+    fig, ax = _axes(ax, figsize=(5.6, 5))
+    positive = density[density > 0]
+    floor = positive.min() if positive.size else 1.0
+    shown = np.ma.masked_equal(density, 0)
+    cmap = plt.get_cmap("Blues").copy()
+    cmap.set_bad("lightgray")
+    image = ax.imshow(
+        shown,
+        cmap=cmap,
+        norm=LogNorm(vmin=min(floor, 0.999), vmax=1.0),
+        interpolation="nearest",
+        extent=(0, n, n, 0),
+    )
+    fig.colorbar(image, ax=ax, label="allowed fraction of the tile", fraction=0.046, pad=0.04)
+    default = f"{_wrap(pattern.name, 48)}\nn = {n}, {tile} x {tile} tiles"
+    ax.set_title(title or default, fontsize="small")
+    ax.set_xlabel("key / value index j")
+    ax.set_ylabel("query index i")
+    return fig
+
+
+def save_full_png(pattern: Pattern, n: int, path: str | os.PathLike, max_bytes: int | None = None) -> str:
+    """Write the labelled mask as a PNG with one pixel per cell (``n x n`` pixels), atomically.
+
+    Returns the path written.
+    """
+    labels = pattern.labels(n, max_bytes=max_bytes)
+    rgba = (LABEL_CMAP(np.arange(4)) * 255).astype(np.uint8)[labels]
+    atomic_write(path, lambda tmp: plt.imsave(tmp, rgba, format="png"))
+    return os.fspath(path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> str:
+    """Save ``fig`` as PNG atomically with a white background; returns the path."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, facecolor="white"))
+    return os.fspath(path)
+
+
+def animate(frames: Sequence[Pattern], n: int, sample_size: int | None = None, titles=None, interval=700):
+    """A static slider for the published page: one labelled mask per frame, as HTML (``to_jshtml``).
+
+    Returns the ``IPython.display.HTML`` object; the page needs no kernel to move through frames.
+    """
+    from IPython.display import HTML
+    from matplotlib.animation import FuncAnimation
+
+    if not frames:
+        raise ValueError("frames must hold at least one pattern")
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), facecolor="white")
+
+    def draw(k):
+        ax.clear()
+        plot_mask(frames[k], n, sample_size, ax=ax, legend=False, annotate=False)
+        name = titles[k] if titles is not None else frames[k].name
+        ax.set_title(f"{_wrap(name)}\nsparsity {frames[k].sparsity(n):.2%}", fontsize="small")
+        return []
+
+    anim = FuncAnimation(fig, draw, frames=len(frames), interval=interval)
+    html = HTML(anim.to_jshtml(default_mode="once"))
+    plt.close(fig)
+    return html
