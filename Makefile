@@ -94,9 +94,11 @@ for name in sys.argv[1:]:
 endef
 export EXECUTE_NOTEBOOKS
 
+# `make notebooks NOTEBOOKS=notebooks/02_strided.ipynb` re-executes only the ones named.
+NOTEBOOKS ?= notebooks/*.ipynb
 notebooks: venv
-	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
-		$(BIN)/python -c "$$EXECUTE_NOTEBOOKS" notebooks/*.ipynb; \
+	@if compgen -G "$(firstword $(NOTEBOOKS))" >/dev/null; then \
+		$(BIN)/python -c "$$EXECUTE_NOTEBOOKS" $(NOTEBOOKS); \
 	else \
 		echo "no notebooks in notebooks/ yet"; \
 	fi
