@@ -33,9 +33,7 @@ def make_notebook(path, *, with_parameters=True):
             "nnz = size * window_size"
         )
     )
-    record = nbformat.v4.new_code_cell(
-        "{'nnz': nnz, 'density': nnz / size**2, 'name': f'w{window_size}'}"
-    )
+    record = nbformat.v4.new_code_cell("{'nnz': nnz, 'density': nnz / size**2, 'name': f'w{window_size}'}")
     record.metadata["tags"] = ["record"]
     cells.append(record)
     notebook = nbformat.v4.new_notebook(cells=cells)
@@ -106,9 +104,7 @@ def test_run_filename():
 def test_sweep_runs_grid_in_parallel_and_reports_failure(tmp_path, capsys):
     notebook = make_notebook(tmp_path / "chapter.ipynb")
     out = tmp_path / "runs" / "chapter"
-    csv_path = run_sweep(
-        notebook, {"size": [4, 8], "window_size": [1, 3]}, out_dir=out, jobs=2, timeout=120
-    )
+    csv_path = run_sweep(notebook, {"size": [4, 8], "window_size": [1, 3]}, out_dir=out, jobs=2, timeout=120)
     assert csv_path == out / "summary.csv"
 
     with open(csv_path, newline="") as handle:
