@@ -37,11 +37,12 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from ._io import atomic_write
 
 __all__ = [
     "RECORD_TAG",
@@ -288,19 +289,6 @@ def _run_one(
 # Writing the results
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            write(handle)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -355,14 +343,8 @@ def _write_plot(
     ax.grid(True, alpha=0.3)
     if others:
         ax.legend(fontsize="small")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp_name, dpi=100)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, facecolor="white"))
+    plt.close(fig)
     return True
 
 
@@ -500,12 +482,13 @@ def run_sweep(
     columns = names + list(_FIXED_COLUMNS) + recorded
     csv_path = out / "summary.csv"
 
-    def write_csv(handle) -> None:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
 
-    _atomic_write(csv_path, write_csv)
+    atomic_write(csv_path, write_csv)
     _write_plot(out / "summary.png", grid, rows, recorded)
     return csv_path
 
