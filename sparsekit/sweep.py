@@ -344,7 +344,6 @@ def _write_plot(
     if others:
         ax.legend(fontsize="small")
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, facecolor="white"))
-    plt.close(fig)
     return True
 
 
