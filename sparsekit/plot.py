@@ -185,8 +185,7 @@ def plot_smart(pattern: Pattern, n: int, max_display: int = 256, ax=None, title:
     positive = density[density > 0]
     floor = positive.min() if positive.size else 1.0
     shown = np.ma.masked_equal(density, 0)
-    cmap = plt.get_cmap("Blues").copy()
-    cmap.set_bad("lightgray")
+    cmap = plt.get_cmap("Blues").with_extremes(bad="lightgray")
     image = ax.imshow(
         shown,
         cmap=cmap,
