@@ -37,6 +37,22 @@ class Axial(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         return np.full(n, self.height + self.width - 1, dtype=np.int64)
 
+    def _block_counts(self, n: int, b: int) -> np.ndarray:
+        # Cells of tile (I, J) in the same grid row, plus the same grid column, minus both (i == j):
+        # sums over grid rows (columns) of products of per-tile histograms, i.e. matrix products.
+        tile = np.arange(n) // b
+        nb = int(tile[-1]) + 1
+
+        def pairs(key: np.ndarray, size: int) -> np.ndarray:
+            hist = np.zeros((nb, size))
+            np.add.at(hist, (tile, key), 1)
+            return hist @ hist.T
+
+        t = np.arange(n)
+        counts = pairs(t // self.width, self.height) + pairs(t % self.width, self.width)
+        diagonal = np.minimum(b, n - np.arange(nb) * b)
+        return np.rint(counts).astype(np.int64) - np.diag(diagonal)
+
 
 def axial(height: int, width: int) -> Pattern:
     """Axial attention (Ho et al., 2019) on a row-major ``height x width`` grid of tokens.
