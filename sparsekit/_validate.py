@@ -46,3 +46,19 @@ def check_fraction(name: str, value: object) -> float:
 def check_size(n: object, name: str = "n") -> int:
     """A sequence length: an integer >= 1."""
     return check_int(name, n, low=1)
+
+
+def int_arg(low: int):
+    """An ``argparse`` type: an integer ``>= low``, with a one-line message otherwise."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse

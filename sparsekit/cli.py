@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sweep
+from ._validate import int_arg
 from .masks.causal import causal
 from .masks.local import dilated_sliding_window, sliding_window
 from .masks.sparse_transformer import fixed, strided
@@ -95,39 +96,19 @@ def run_masks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
 def _add_masks(subparsers) -> None:
     parser = subparsers.add_parser(
         "masks",
         help="print and draw the seed's five masks",
         description="Sparse Transformer attention masks: sparsity, non-zeros and pictures.",
     )
-    parser.add_argument("--size", type=_positive, default=1024, help="mask size n (default: 1024)")
+    parser.add_argument("--size", type=int_arg(1), default=1024, help="mask size n (default: 1024)")
     parser.add_argument(
-        "--window_size", type=_nonnegative, default=32, help="local window; fixed block (default: 32)"
+        "--window_size", type=int_arg(0), default=32, help="local window; fixed block (default: 32)"
     )
-    parser.add_argument("--stride", type=_positive, default=32, help="stride of strided (default: 32)")
-    parser.add_argument("--dilation", type=_positive, default=2, help="dilation (default: 2)")
-    parser.add_argument("--sample_size", type=_positive, default=128, help="crop drawn (default: 128)")
+    parser.add_argument("--stride", type=int_arg(1), default=32, help="stride of strided (default: 32)")
+    parser.add_argument("--dilation", type=int_arg(1), default=2, help="dilation (default: 2)")
+    parser.add_argument("--sample_size", type=int_arg(1), default=128, help="crop drawn (default: 128)")
     parser.add_argument("--full_png", action="store_true", help="one pixel per cell, whole mask")
     parser.add_argument("--no_graphic", action="store_true", help="print only, write no pictures")
     parser.add_argument("--order", choices=("row_first", "column_first"), default="row_first")
