@@ -6,6 +6,7 @@ predicate ``p(q, kv)`` is the definition; ``p.dense(n)``, ``p.labels(n)``, ``p.r
 from it and agree with it exactly.
 """
 
+from ._validate import check_fraction, check_int
 from .masks.causal import causal
 from .masks.image import axial
 from .masks.local import block_local, dilated_sliding_window, sliding_window, window
@@ -32,6 +33,8 @@ __all__ = [
     "Pattern",
     "axial",
     "bigbird",
+    "check_fraction",
+    "check_int",
     "block_local",
     "causal",
     "dilated_sliding_window",

@@ -197,6 +197,24 @@ class Pattern:
         area = _block_areas(n, block_size)
         return np.where(counts == 0, 0, np.where(counts == area, 2, 1)).astype(np.uint8)
 
+    def block_summary(self, n: int, block_size: int = 128) -> dict[str, int | float]:
+        """Tile counts of the block layout: ``empty``, ``partial``, ``full``, ``tiles`` and
+        ``block_sparsity`` (the fraction of tiles that are empty, i.e. skipped by a block-sparse kernel).
+        """
+        layout = self.blocks(n, block_size)
+        empty, partial, full = (int(c) for c in np.bincount(layout.ravel(), minlength=3))
+        return {
+            "empty": empty,
+            "partial": partial,
+            "full": full,
+            "tiles": int(layout.size),
+            "block_sparsity": empty / layout.size,
+        }
+
+    def block_sparsity(self, n: int, block_size: int = 128) -> float:
+        """Fraction of ``block_size x block_size`` tiles with no allowed cell."""
+        return self.block_summary(n, block_size)["block_sparsity"]
+
     def nonzeros(self, n: int, order: str = "row_first") -> np.ndarray:
         """Allowed cells as an ``int64`` array of ``(i, j)`` pairs, shape ``(nnz, 2)``.
 

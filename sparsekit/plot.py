@@ -198,6 +198,7 @@ def plot_smart(pattern: Pattern, n: int, max_display: int = 256, ax=None, title:
     ax.set_title(title or default, fontsize="small")
     ax.set_xlabel("key / value index j")
     ax.set_ylabel("query index i")
+    fig.tight_layout()
     return fig
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sparsekit._io import atomic_write, atomic_write_text
@@ -27,3 +29,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "kept"
     assert [p.name for p in tmp_path.iterdir()] == ["c.txt"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    path = atomic_write_text(tmp_path / "d.txt", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600

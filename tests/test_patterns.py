@@ -251,3 +251,18 @@ def test_names_describe_the_parameters():
         sk.bigbird(2, 3, 1, seed=5).name == "bigbird(nz_per_row=2, diagonal_width=3, global_width=1, seed=5)"
     )
     assert (sk.causal() | sk.fixed(4)).name == "(causal() | fixed(block=4, summary=1))"
+
+
+def test_block_summary_counts_tiles():
+    summary = sk.sliding_window(512).block_summary(1024, 128)
+    layout = sk.sliding_window(512).blocks(1024, 128)
+    assert summary["tiles"] == 64 == summary["empty"] + summary["partial"] + summary["full"]
+    assert summary["full"] == int((layout == 2).sum()) and summary["empty"] == int((layout == 0).sum())
+    assert sk.causal().block_sparsity(1024, 128) == 28 / 64
+
+
+def test_axial_token_checks_the_grid():
+    grid = sk.axial(4, 6)
+    assert grid.token(2, 5) == 17
+    with pytest.raises(ValueError, match=r"row must be an integer in \[0, 3\], got 4"):
+        grid.token(4, 0)

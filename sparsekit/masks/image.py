@@ -27,6 +27,11 @@ class Axial(Pattern):
             )
         return self
 
+    def token(self, row: int, col: int) -> int:
+        """Token index of grid position ``(row, col)`` in row-major order."""
+        row = check_int("row", row, low=0, high=self.height - 1)
+        return row * self.width + check_int("col", col, low=0, high=self.width - 1)
+
     def predicate(self, q, kv):
         w = self.width
         return (q // w == kv // w) | (q % w == kv % w)
