@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsekit {masks,solve,sweep} ...``.
+"""Command line: ``python -m sparsekit {masks,resources,solve,sweep} ...``.
 
 ``masks`` is the seed's ``sparse_transformer_mask.py`` as a subcommand: it prints the sparsity of the
 five Sparse-Transformer-era masks, their non-zeros, and writes pictures. Every bad flag or value
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import solve, sweep
+from . import resources, solve, sweep
 from ._validate import int_arg
 from .masks.causal import causal
 from .masks.local import dilated_sliding_window, sliding_window
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="sparsekit", description="Exact, fast sparse-attention masks.")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_masks(subparsers)
+    resources.add_parser(subparsers)
     solve.add_parser(subparsers)
     sweep.add_parser(subparsers)
     return parser
