@@ -585,7 +585,7 @@ def bigbird_exact(
         Sequence length; ``>= 1``.
     sparsity : float
         Target total sparsity; in ``[0, 1]``.
-    split : sequence of three float
+    split : sequence of float
         Budget fractions of the random, window and global parts; each ``>= 0``, positive sum.
     seed : int
         Seed of the random part.
