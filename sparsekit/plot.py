@@ -19,7 +19,7 @@ from ._io import atomic_write
 from ._validate import check_int, check_size
 from .pattern import LABEL_NAMES, Pattern
 
-#: Colours of the label codes 0..3: no attention, diagonal, local, strided/column/global/random.
+#: Colours of the label codes 0 to 3 (no attention, diagonal, local, strided/column/global/random).
 LABEL_COLORS = ("lightgray", "darkblue", "royalblue", "skyblue")
 LABEL_CMAP = ListedColormap(LABEL_COLORS, name="sparsekit_labels")
 
@@ -64,7 +64,7 @@ def plot_mask(
         Sequence length.
     sample_size : int, optional
         Draw only the top-left ``sample_size x sample_size`` cells; in ``[1, n]``.
-    ax : matplotlib Axes, optional
+    ax : matplotlib.axes.Axes, optional
         Axes to draw on; a new figure when omitted.
     title : str, optional
         Title; the pattern's name by default.

@@ -273,8 +273,9 @@ def pack_steps(cells: np.ndarray, num_multiplications: int = 64, read_limit: int
 
     Parameters
     ----------
-    cells : array of shape (k, 2)
-        Ordered products as ``(row, column)`` integer pairs, e.g. from :func:`ordered_nonzeros`.
+    cells : numpy.ndarray
+        Ordered products as ``(row, column)`` integer pairs, shape ``(k, 2)``, e.g. from
+        :func:`ordered_nonzeros`.
     num_multiplications : int
         Products per step at most; ``>= 1``.
     read_limit : int
@@ -364,7 +365,7 @@ class ResourceAnalysis:
 
     @property
     def max_step(self) -> int:
-        """The "max case": the first step with the largest distinct rows + columns (-1 if none)."""
+        """The "max case", the first step with the largest distinct rows + columns (-1 if none)."""
         return int(np.argmax(self.reads)) if self.num_steps else -1
 
     @property
@@ -384,17 +385,17 @@ class ResourceAnalysis:
 
     @property
     def total_reads(self) -> int:
-        """Sum of every step's reads: the loads if nothing were kept between steps."""
+        """Sum of every step's reads, the loads if nothing were kept between steps."""
         return int(self.reads.sum())
 
     @property
     def total_loads(self) -> int:
-        """Sum of every step's new rows and columns: the loads when a step keeps the previous one's."""
+        """Sum of every step's new rows and columns, the loads when a step keeps the previous one's."""
         return int(self.loads.sum())
 
     @property
     def lower_bound(self) -> int:
-        """Fewest loads possible: every needed row and column loaded once."""
+        """Fewest loads possible, with every needed row and column loaded once."""
         return self.needed_rows + self.needed_cols
 
     @property
@@ -492,8 +493,8 @@ def analyze_cells(
 
     Parameters
     ----------
-    cells : array of shape (k, 2)
-        Ordered products as ``(row, column)`` integer pairs.
+    cells : numpy.ndarray
+        Ordered products as ``(row, column)`` integer pairs, shape ``(k, 2)``.
     num_multiplications : int
         Products per step at most; ``>= 1``.
     read_limit : int
