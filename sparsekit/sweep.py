@@ -446,8 +446,9 @@ def run_sweep(
         for index, (nb, path, params) in enumerate(tasks):
             finished(index, _run_one(nb, path, params, kernel_name, timeout))
     else:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        # Fresh worker processes: a forked copy of this process's ZeroMQ state can lose kernel
+        # messages and leave a run waiting out its timeout.
+        context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures: dict[Future, int] = {
                 pool.submit(_run_one, nb, path, params, kernel_name, timeout): index
