@@ -1,0 +1,282 @@
+"""Segment masks: paraphrase fusion, isolated segments encoded side by side and fused by generation.
+
+The sequence is laid out as
+
+``[prefix] [paraphrase 0] [separator] [paraphrase 1] ... [separator] [paraphrase k-1] [generated]``
+
+and the rule is causal (``kv <= q``) and (``q`` is a generated token, or ``q`` and ``kv`` lie in the same
+segment, or ``kv`` lies in the shared prefix). Every row therefore allows at least its own diagonal cell,
+so softmax is always defined (no row of ``-inf`` scores, no NaN in a dense reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validate import check_int, check_size
+from ..pattern import DIAGONAL, GLOBAL, LOCAL, Pattern, _is_torch
+
+#: Kinds of token spans in a paraphrase-fusion layout, in the order they may appear.
+SEGMENT_KINDS = ("prefix", "paraphrase", "separator", "generated")
+
+
+class Segment(NamedTuple):
+    """One span of the layout: tokens ``start <= t < stop`` of the given ``kind``.
+
+    ``index`` numbers the spans of one kind from 0 (paraphrase 0, 1, ...; separator 0, 1, ...).
+    """
+
+    kind: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+class ParaphraseFusion(Pattern):
+    """Segment-isolated encoding of paraphrases, fused by the generated tokens.
+
+    Query ``q`` may attend to key ``kv <= q`` when
+
+    * ``q`` is a generated token (fusion: everything before it), or
+    * ``kv`` is in the shared prefix (every paraphrase and separator sees the whole question), or
+    * ``q`` and ``kv`` are in the same span (prefix, one paraphrase or one separator group).
+
+    Labels: 1 the diagonal, 2 isolated segment attention (within a span, or onto the shared prefix),
+    3 fusion attention of generated tokens.
+
+    Attributes
+    ----------
+    layout : tuple of Segment
+        The spans in sequence order (empty spans are left out).
+    length : int
+        Total number of tokens; views require ``n == length``.
+    prefix_tokens, generation_start : int
+        End of the shared prefix; first generated token (``== length`` when nothing is generated).
+    """
+
+    family = "paraphrase_fusion"
+
+    def __init__(
+        self,
+        lengths: tuple[int, ...],
+        separator_tokens: int,
+        prefix_tokens: int,
+        num_generated_tokens: int,
+        params: dict,
+    ) -> None:
+        super().__init__(**params)
+        self.lengths = lengths
+        self.separator_tokens = separator_tokens
+        self.prefix_tokens = prefix_tokens
+        self.num_generated_tokens = num_generated_tokens
+        spans: list[Segment] = []
+        pos = 0
+
+        def add(kind: str, index: int, size: int) -> None:
+            nonlocal pos
+            if size:
+                spans.append(Segment(kind, index, pos, pos + size))
+            pos += size
+
+        add("prefix", 0, prefix_tokens)
+        for k, size in enumerate(lengths):
+            if k:
+                add("separator", k - 1, separator_tokens)
+            add("paraphrase", k, size)
+        self.generation_start = pos
+        add("generated", 0, num_generated_tokens)
+        self.layout = tuple(spans)
+        self.length = pos
+        # start[t]: first key of token t's own causal run. Prefix and generated tokens see everything
+        # before them (start 0); a paraphrase or separator token sees its span from its start.
+        start = np.zeros(self.length, dtype=np.int64)
+        for span in spans:
+            if span.kind in ("paraphrase", "separator"):
+                start[span.start : span.stop] = span.start
+        self._start = start
+        self._torch_tables: dict = {}
+
+    # ------------------------------------------------------------------------------------------
+    # Layout helpers
+    # ------------------------------------------------------------------------------------------
+    def spans(self, kind: str) -> tuple[Segment, ...]:
+        """The spans of one kind (``"prefix"``, ``"paraphrase"``, ``"separator"``, ``"generated"``)."""
+        if kind not in SEGMENT_KINDS:
+            raise ValueError(f"kind must be one of {SEGMENT_KINDS}, got {kind!r}")
+        return tuple(s for s in self.layout if s.kind == kind)
+
+    def segment_ids(self) -> np.ndarray:
+        """Index into :attr:`layout` of the span holding each token, ``int64 (length,)``."""
+        ids = np.empty(self.length, dtype=np.int64)
+        for k, span in enumerate(self.layout):
+            ids[span.start : span.stop] = k
+        return ids
+
+    def kinds(self) -> np.ndarray:
+        """Kind of each token, a string array ``(length,)``."""
+        out = np.empty(self.length, dtype=object)
+        for span in self.layout:
+            out[span.start : span.stop] = span.kind
+        return out.astype(str)
+
+    def bind(self, n: int) -> Pattern:
+        n = check_size(n)
+        if n != self.length:
+            raise ValueError(
+                f"{self.name} lays out {self.length} tokens (prefix + paraphrases + separators + "
+                f"generated), but n = {n}: n must equal the layout length {self.length}"
+            )
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    # The definition
+    # ------------------------------------------------------------------------------------------
+    def _run_start(self, q):
+        """``start[q]`` for numpy arrays or torch tensors; tokens past the layout count as generated."""
+        last = self.length - 1
+        if _is_torch(q):
+            import torch
+
+            key = str(q.device)
+            if key not in self._torch_tables:
+                self._torch_tables[key] = torch.as_tensor(self._start, device=q.device)
+            table = self._torch_tables[key]
+            inside = q <= last
+            return torch.where(inside, table[q.clamp(0, last)], 0)
+        q = np.asarray(q)
+        return np.where(q <= last, self._start[np.clip(q, 0, last)], 0)
+
+    def predicate(self, q, kv):
+        return (kv <= q) & ((kv < self.prefix_tokens) | (kv >= self._run_start(q)))
+
+    def code(self, q, kv):
+        q, kv = np.asarray(q), np.asarray(kv)
+        return np.where(q == kv, DIAGONAL, np.where(q >= self.generation_start, GLOBAL, LOCAL))
+
+    # ------------------------------------------------------------------------------------------
+    # Exact counts: every row allows the keys [0, prefix) and [start[q], q]
+    # ------------------------------------------------------------------------------------------
+    def _row_counts(self, n: int) -> np.ndarray:
+        q = np.arange(n, dtype=np.int64)
+        start = self._start[:n]
+        return np.minimum(self.prefix_tokens, start) + q + 1 - start
+
+    def _block_counts(self, n: int, b: int) -> np.ndarray:
+        # Keys of row q below c: F(q, c) = min(A, c) + min(q + 1, c) - min(start[q], c) with
+        # A = min(prefix, start[q]). Tile (I, J) holds G(I, c_{J+1}) - G(I, c_J), G summing F over
+        # the rows of tile I; each sum of min(x_q, c) comes from sorted x and prefix sums.
+        q = np.arange(n, dtype=np.int64)
+        start = self._start[:n]
+        nb = -(-n // b)
+        cuts = np.minimum(np.arange(nb + 1) * b, n)
+        total = (
+            _sum_min(np.minimum(self.prefix_tokens, start), cuts, b, nb)
+            + _sum_min(q + 1, cuts, b, nb)
+            - _sum_min(start, cuts, b, nb)
+        )
+        return np.diff(total, axis=1)
+
+
+def _sum_min(x: np.ndarray, cuts: np.ndarray, b: int, nb: int) -> np.ndarray:
+    """``out[I, t] = sum of min(x[q], cuts[t])`` over the rows ``q`` of tile ``I``, ``(nb, len(cuts))``."""
+    padded = np.zeros(nb * b, dtype=np.int64)  # padding rows contribute min(0, c) = 0
+    padded[: x.size] = x
+    rows = np.sort(padded.reshape(nb, b), axis=1)
+    prefix = np.concatenate([np.zeros((nb, 1), np.int64), np.cumsum(rows, axis=1)], axis=1)
+    # Batched searchsorted: shift tile I's values by I * stride so all tiles sort as one array.
+    stride = int(max(int(cuts[-1]), int(padded.max(initial=0)))) + 1
+    shift = np.arange(nb, dtype=np.int64)[:, None] * stride
+    below = np.searchsorted((rows + shift).ravel(), (cuts[None, :] + shift).ravel(), side="left")
+    below = below.reshape(nb, cuts.size) - np.arange(nb)[:, None] * b  # rows with x < c
+    return np.take_along_axis(prefix, below, axis=1) + cuts[None, :] * (b - below)
+
+
+def paraphrase_fusion(
+    num_paraphrases: int | None = None,
+    tokens_per_paraphrase: int | None = None,
+    lengths: Sequence[int] | None = None,
+    separator_tokens: int = 0,
+    prefix_tokens: int = 0,
+    num_generated_tokens: int = 0,
+) -> Pattern:
+    """Paraphrase fusion: paraphrases encoded in isolation, then fused by every generated token.
+
+    The layout is an optional shared prefix (the question), the paraphrases with ``separator_tokens``
+    tokens between consecutive ones, then ``num_generated_tokens`` generated tokens. The rule is causal
+    (``kv <= q``) and one of:
+
+    * ``q`` is a generated token: it attends to every earlier token (**fusion**, label 3);
+    * ``q`` and ``kv`` lie in the same span (the prefix, one paraphrase, or one group of separator
+      tokens): **isolated segment attention**, label 2;
+    * ``kv`` lies in the shared prefix: every paraphrase and separator token also sees the whole
+      question (label 2), so the paraphrases share its context without seeing each other.
+
+    The diagonal is labelled 1. Separator tokens form their own small segments: they see the prefix and
+    the earlier tokens of their own group, never a paraphrase, and no paraphrase sees them; generated
+    tokens see them. Every row allows at least its own diagonal cell, so no softmax row is empty.
+
+    Give either ``num_paraphrases`` and ``tokens_per_paraphrase`` (equal lengths) or ``lengths`` (one
+    length per paraphrase; ``num_paraphrases``, if also given, must match). Views require ``n`` equal
+    to the layout length ``prefix + sum(lengths) + separator * (k - 1) + generated``.
+
+    Parameters
+    ----------
+    num_paraphrases : int, optional
+        Number of paraphrases ``k``; ``>= 1``.
+    tokens_per_paraphrase : int, optional
+        Tokens of each paraphrase; ``>= 1``.
+    lengths : sequence of int, optional
+        Tokens of each paraphrase, each ``>= 1``; replaces the two arguments above.
+    separator_tokens : int
+        Tokens between consecutive paraphrases; ``>= 0``.
+    prefix_tokens : int
+        Tokens of the shared prefix (the question) before the first paraphrase; ``>= 0``.
+    num_generated_tokens : int
+        Generated tokens after the last paraphrase; ``>= 0``.
+
+    Returns
+    -------
+    ParaphraseFusion
+        The pattern; ``.layout`` lists its spans and ``.length`` its total number of tokens.
+    """
+    if lengths is not None:
+        if tokens_per_paraphrase is not None:
+            raise ValueError("paraphrase_fusion takes lengths= or tokens_per_paraphrase=, not both")
+        if isinstance(lengths, str | bytes) or not isinstance(lengths, Sequence | np.ndarray):
+            raise ValueError(f"lengths must be a sequence of integers >= 1, got {lengths!r}")
+        sizes = tuple(check_int(f"lengths[{k}]", v, low=1) for k, v in enumerate(lengths))
+        if not sizes:
+            raise ValueError("lengths must hold at least one paraphrase length")
+        if num_paraphrases is not None:
+            check_int("num_paraphrases", num_paraphrases, low=1)
+            if num_paraphrases != len(sizes):
+                raise ValueError(
+                    f"num_paraphrases={num_paraphrases} disagrees with len(lengths)={len(sizes)}"
+                )
+        shown = {"lengths": sizes}
+    else:
+        if num_paraphrases is None or tokens_per_paraphrase is None:
+            raise ValueError(
+                "paraphrase_fusion needs num_paraphrases= and tokens_per_paraphrase=, or lengths="
+            )
+        k = check_int("num_paraphrases", num_paraphrases, low=1)
+        size = check_int("tokens_per_paraphrase", tokens_per_paraphrase, low=1)
+        sizes = (size,) * k
+        shown = {"num_paraphrases": k, "tokens_per_paraphrase": size}
+    separator_tokens = check_int("separator_tokens", separator_tokens, low=0)
+    prefix_tokens = check_int("prefix_tokens", prefix_tokens, low=0)
+    num_generated_tokens = check_int("num_generated_tokens", num_generated_tokens, low=0)
+    params = {
+        **shown,
+        "separator_tokens": separator_tokens,
+        "prefix_tokens": prefix_tokens,
+        "num_generated_tokens": num_generated_tokens,
+    }
+    return ParaphraseFusion(sizes, separator_tokens, prefix_tokens, num_generated_tokens, params)
