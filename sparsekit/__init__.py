@@ -11,6 +11,7 @@ from .masks.causal import causal
 from .masks.image import axial
 from .masks.local import block_local, dilated_sliding_window, sliding_window, window
 from .masks.longrange import bigbird, global_tokens, longformer, random
+from .masks.segments import ParaphraseFusion, Segment, paraphrase_fusion
 from .masks.sparse_transformer import fixed, strided
 from .pattern import (
     DIAGONAL,
@@ -30,7 +31,9 @@ __all__ = [
     "LABEL_NAMES",
     "LOCAL",
     "NO_ATTENTION",
+    "ParaphraseFusion",
     "Pattern",
+    "Segment",
     "axial",
     "bigbird",
     "check_fraction",
@@ -41,6 +44,7 @@ __all__ = [
     "fixed",
     "global_tokens",
     "longformer",
+    "paraphrase_fusion",
     "random",
     "set_memory_budget",
     "sliding_window",
