@@ -19,14 +19,15 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # Quiet the debugger's note about frozen modules that new kernels print on start-up.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book lint unit nbval test notebooks clean distclean
+.PHONY: help venv book lint unit nbval browser test notebooks clean distclean
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
-	@echo "make test       venv, lint, unit, nbval and book, stopping at the first failure"
+	@echo "make test       venv, lint, unit, nbval, book and browser, stopping at the first failure"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make unit       pytest tests"
 	@echo "make nbval      pytest --nbval on every notebook (committed outputs must reproduce)"
+	@echo "make browser    check the built book in Chromium (installs Debian's chromium if missing)"
 	@echo "make notebooks  re-execute every notebook in place and save its outputs"
 	@echo "make clean      remove _build and runs;  make distclean  also removes .venv"
 
@@ -49,7 +50,18 @@ lint: venv
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
 unit: venv
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --ignore=tests/browser
+
+# The built book in a real browser (tests/browser): Debian's Chromium driven by Playwright's
+# Python package, pages served on 127.0.0.1. Run after `make book`; no browser is downloaded.
+BROWSER_STAMP := $(VENV)/.browser-installed
+$(BROWSER_STAMP): tests/browser/requirements.txt $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check --no-input -q -r $<
+	touch $@
+
+browser: venv $(BROWSER_STAMP)
+	test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+	$(BIN)/python -m pytest tests/browser -q
 
 nbval: venv
 	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
@@ -62,7 +74,7 @@ nbval: venv
 # Every check, in order, stopping at the first failure, with the time each one took.
 test:
 	@total=$$(date +%s); \
-	for step in venv lint unit nbval book; do \
+	for step in venv lint unit nbval book browser; do \
 		start=$$(date +%s); \
 		echo "==> make $$step"; \
 		$(MAKE) --no-print-directory $$step || { echo "==> make $$step FAILED"; exit 1; }; \
