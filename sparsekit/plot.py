@@ -219,12 +219,32 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> str:
     return os.fspath(path)
 
 
-def animate(frames: Sequence[Pattern], n: int, sample_size: int | None = None, titles=None, interval=700):
-    """A static slider for the published page: one labelled mask per frame, as HTML (``to_jshtml``).
+def jshtml(anim, alt: str, default_mode: str = "once"):
+    """A matplotlib animation as a static slider (``to_jshtml``) whose frame image has alt text.
 
     Returns the ``IPython.display.HTML`` object; the page needs no kernel to move through frames.
     """
+    from html import escape
+
     from IPython.display import HTML
+
+    page = anim.to_jshtml(default_mode=default_mode)
+    return HTML(page.replace("<img id=", f'<img alt="{escape(alt)}" id=', 1))
+
+
+def animate(
+    frames: Sequence[Pattern],
+    n: int,
+    sample_size: int | None = None,
+    titles=None,
+    interval=700,
+    alt: str | None = None,
+):
+    """A static slider for the published page: one labelled mask per frame, as HTML (``to_jshtml``).
+
+    ``alt`` describes the frames for readers who cannot see them (default: the frames' names).
+    Returns the ``IPython.display.HTML`` object; the page needs no kernel to move through frames.
+    """
     from matplotlib.animation import FuncAnimation
 
     if not frames:
@@ -239,6 +259,8 @@ def animate(frames: Sequence[Pattern], n: int, sample_size: int | None = None, t
         return []
 
     anim = FuncAnimation(fig, draw, frames=len(frames), interval=interval)
-    html = HTML(anim.to_jshtml(default_mode="once"))
+    if alt is None:
+        alt = f"Labelled masks at n = {n}, one frame each: " + ", ".join(p.name for p in frames)
+    html = jshtml(anim, alt)
     plt.close(fig)
     return html

@@ -56,3 +56,8 @@ def test_bad_plot_arguments():
         skp.plot_comparison([], 8)
     with pytest.raises(ValueError, match="titles must have one entry per pattern"):
         skp.plot_comparison([sk.causal()], 8, titles=["a", "b"])
+
+
+def test_static_slider_frames_have_alt_text():
+    html = skp.animate([sk.causal(), sk.fixed(4)], 16, alt="two masks").data
+    assert '<img alt="two masks" id="_anim_img' in html

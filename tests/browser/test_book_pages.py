@@ -57,21 +57,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # expected failure, strict: the day the chapter is fixed the test fails until the entry is
 # removed here, so the list never goes stale.  {check: {page: reason}}
 KNOWN = {
-    "images": {
-        page: "the to_jshtml animation's <img> has no alt text (matplotlib's template writes "
-        "none): the notebook should add one to the HTML it displays"
-        for page in [
-            "notebooks/00_introduction",
-            "notebooks/02_strided",
-            "notebooks/03_fixed",
-            "notebooks/04_sliding_window",
-            "notebooks/05_dilated_sliding_window",
-            "notebooks/06_image_patterns",
-            "notebooks/07_comparison",
-            "notebooks/08_bigbird",
-            "notebooks/09_resources",
-        ]
-    },
     "sliders": {
         "notebooks/01_causal": "the causal chapter has no static slider (to_jshtml animation)",
     },
