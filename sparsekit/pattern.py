@@ -219,22 +219,12 @@ class Pattern:
         """Allowed cells as an ``int64`` array of ``(i, j)`` pairs, shape ``(nnz, 2)``.
 
         ``order="row_first"`` lists row by row with columns ascending; ``"column_first"`` lists
-        column by column with rows ascending. Memory grows with the non-zeros, not with ``n**2``.
+        column by column with rows ascending. Only partial tiles of the block layout are evaluated,
+        so work and memory grow with the non-zeros, not with ``n**2``.
         """
         if order not in ("row_first", "column_first"):
             raise ValueError(f"order must be 'row_first' or 'column_first', got {order!r}")
-        p = self.bind(n)
-        step = max(1, _CHUNK_CELLS // n)
-        pieces = []
-        for start in range(0, n, step):
-            idx = np.arange(start, min(n, start + step))
-            if order == "row_first":
-                rows, cols = np.nonzero(p._dense_rows(n, idx))
-                pieces.append(np.stack([idx[rows], cols], axis=1))
-            else:
-                cols_t, rows_t = np.nonzero(p._dense_rows(n, np.arange(n), idx).T)
-                pieces.append(np.stack([rows_t, idx[cols_t]], axis=1))
-        return np.concatenate(pieces).astype(np.int64) if pieces else np.empty((0, 2), np.int64)
+        return _ordered_cells(self.bind(n), n, column_first=order == "column_first")
 
     # ----------------------------------------------------------------------------------------------
     # Engines (subclasses override with exact shortcuts where they have one)
@@ -367,6 +357,45 @@ def _periodic_eval(fn: Callable, n: int, period: int, dtype) -> np.ndarray:
     if tail:
         offset = k - groups * period
         out[groups * period :] = base[:tail, offset : offset + n]
+    return out
+
+
+def _ordered_cells(p: Pattern, n: int, column_first: bool, block: int = 16) -> np.ndarray:
+    """All allowed cells in row-first (or column-first) order, evaluating only partial tiles.
+
+    The exact block counts tell which ``block x block`` tiles are empty (skipped), full (all cells
+    taken without evaluating the predicate) or partial (predicate evaluated). Bands of ``block`` rows
+    (or columns) are emitted in order, so the result is row-first (or column-first).
+    """
+    b = min(block, n)
+    counts = p.block_counts(n, b)
+    if column_first:
+        counts = counts.T
+    sizes = np.minimum(b, n - np.arange(0, n, b))
+    area = sizes[:, None] * sizes[None, :]
+    out = np.empty((int(counts.sum()), 2), dtype=np.int64)
+    major, minor = (1, 0) if column_first else (0, 1)
+    filled = 0
+    for band in range(counts.shape[0]):
+        tiles = np.flatnonzero(counts[band])
+        if not tiles.size:
+            continue
+        lines = np.arange(band * b, band * b + sizes[band])
+        others = (tiles[:, None] * b + np.arange(b)).ravel()
+        others = others[others < n]
+        partial = np.repeat(counts[band, tiles] < area[band, tiles], sizes[tiles])
+        hit = np.ones((lines.size, others.size), dtype=bool)
+        if partial.any():
+            sub = others[partial]
+            q, kv = (sub[None, :], lines[:, None]) if column_first else (lines[:, None], sub[None, :])
+            hit[:, partial] = np.broadcast_to(
+                np.asarray(p.predicate(q, kv), dtype=bool), (lines.size, sub.size)
+            )
+        for line, row in zip(lines.tolist(), hit, strict=True):
+            taken = others[row]
+            out[filled : filled + taken.size, major] = line
+            out[filled : filled + taken.size, minor] = taken
+            filled += taken.size
     return out
 
 

@@ -109,8 +109,8 @@ def ordered_nonzeros(pattern: Pattern, n: int, order: str = "row_first", tile: i
     tile = check_int("tile", tile, low=1)
     n = check_size(n)
     if order == "column_first":
-        return _nonzeros_by_tiles(pattern, n, column_first=True)
-    cells = _nonzeros_by_tiles(pattern, n, column_first=False)
+        return pattern.nonzeros(n, order="column_first")
+    cells = pattern.nonzeros(n)
     if order == "zigzag" and cells.shape[0]:
         counts = pattern.row_counts(n)
         ends = np.cumsum(counts)
@@ -126,46 +126,6 @@ def ordered_nonzeros(pattern: Pattern, n: int, order: str = "row_first", tile: i
         # Stable: cells keep their row-first order inside each tile.
         cells = cells[np.argsort(key, kind="stable")]
     return cells
-
-
-def _nonzeros_by_tiles(pattern: Pattern, n: int, column_first: bool, block: int = 16) -> np.ndarray:
-    """Same cells, same order as ``pattern.nonzeros(n, order)``, evaluating only partial tiles.
-
-    The exact block counts tell which ``block x block`` tiles are empty (skipped), full (all cells
-    taken without evaluating the predicate) or partial (predicate evaluated). Work and memory then
-    follow the non-zeros instead of ``n**2``. Bands of ``block`` rows (or columns) are emitted in
-    order, so the result is row-first (or column-first).
-    """
-    p = pattern.bind(n)
-    b = min(block, n)
-    counts = p.block_counts(n, b)
-    if column_first:
-        counts = counts.T
-    sizes = np.minimum(b, n - np.arange(0, n, b))
-    area = sizes[:, None] * sizes[None, :]
-    out = np.empty((int(counts.sum()), 2), dtype=np.int64)
-    major, minor = (1, 0) if column_first else (0, 1)
-    filled = 0
-    for band in range(counts.shape[0]):
-        tiles = np.flatnonzero(counts[band])
-        if not tiles.size:
-            continue
-        lines = np.arange(band * b, band * b + sizes[band])
-        others = (tiles[:, None] * b + np.arange(b)).ravel()
-        others = others[others < n]
-        partial = np.repeat(counts[band, tiles] < area[band, tiles], sizes[tiles])
-        hit = np.ones((lines.size, others.size), dtype=bool)
-        if partial.any():
-            sub = others[partial]
-            q, kv = (sub[None, :], lines[:, None]) if column_first else (lines[:, None], sub[None, :])
-            value = np.asarray(p(q, kv), dtype=bool)
-            hit[:, partial] = np.broadcast_to(value, (lines.size, sub.size))
-        for line, row in zip(lines.tolist(), hit, strict=True):
-            taken = others[row]
-            out[filled : filled + taken.size, major] = line
-            out[filled : filled + taken.size, minor] = taken
-            filled += taken.size
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
