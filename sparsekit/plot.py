@@ -154,6 +154,14 @@ def plot_comparison(
     return fig
 
 
+def layout_text(layout: np.ndarray) -> str:
+    """A block layout as text, one tile row per line: ``.`` empty, ``+`` partial, ``#`` full."""
+    layout = np.asarray(layout)
+    if layout.ndim != 2 or layout.size and (layout.min() < 0 or layout.max() > 2):
+        raise ValueError("layout must be a 2-D array of block codes 0, 1 and 2 (see Pattern.blocks)")
+    return "\n".join(" ".join(".+#"[code] for code in row) for row in layout.tolist())
+
+
 def reduce_blocks(pattern: Pattern, n: int, max_display: int = 256) -> tuple[np.ndarray, int]:
     """Density of each tile when the mask is reduced to at most ``max_display`` tiles per side.
 

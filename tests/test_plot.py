@@ -61,3 +61,9 @@ def test_bad_plot_arguments():
 def test_static_slider_frames_have_alt_text():
     html = skp.animate([sk.causal(), sk.fixed(4)], 16, alt="two masks").data
     assert '<img alt="two masks" id="_anim_img' in html
+
+
+def test_layout_text_draws_the_block_codes():
+    assert skp.layout_text(sk.causal().blocks(8, 4)) == "+ .\n# +"
+    with pytest.raises(ValueError, match="layout must be a 2-D array of block codes"):
+        skp.layout_text(np.array([[3]]))
