@@ -233,10 +233,9 @@ def load(context, base, name, sink_external) -> Loaded:
     return loaded
 
 
-@pytest.fixture(scope="session")
-def desktop(browser, site):
-    """Each page of the book loaded once at desktop size, on demand."""
-    context = new_context(browser, DESKTOP)
+def _pages(browser, site, viewport):
+    """Each page of the book loaded once in one browser context of the given size, on demand."""
+    context = new_context(browser, viewport)
     external: list[str] = []
     route_outside(context, external)
     cache: dict[str, Loaded] = {}
@@ -248,22 +247,18 @@ def desktop(browser, site):
 
     yield get
     context.close()
+
+
+@pytest.fixture(scope="session")
+def desktop(browser, site):
+    """Each page of the book loaded once at desktop size, on demand."""
+    yield from _pages(browser, site, DESKTOP)
 
 
 @pytest.fixture(scope="session")
 def phone(browser, site):
-    context = new_context(browser, PHONE)
-    external: list[str] = []
-    route_outside(context, external)
-    cache: dict[str, Loaded] = {}
-
-    def get(name: str) -> Loaded:
-        if name not in cache:
-            cache[name] = load(context, site, name, external)
-        return cache[name]
-
-    yield get
-    context.close()
+    """Each page of the book loaded once at phone width, on demand."""
+    yield from _pages(browser, site, PHONE)
 
 
 def is_external_noise(error: str, refused: list[str]) -> bool:
