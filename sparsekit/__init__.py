@@ -7,6 +7,7 @@ from it and agree with it exactly.
 """
 
 from ._validate import check_fraction, check_int
+from .attention import block_sparse_attention, masked_scores
 from .masks.causal import causal
 from .masks.image import axial
 from .masks.local import block_local, dilated_sliding_window, sliding_window, window
@@ -36,6 +37,7 @@ __all__ = [
     "Segment",
     "axial",
     "bigbird",
+    "block_sparse_attention",
     "check_fraction",
     "check_int",
     "block_local",
@@ -44,6 +46,7 @@ __all__ = [
     "fixed",
     "global_tokens",
     "longformer",
+    "masked_scores",
     "paraphrase_fusion",
     "random",
     "set_memory_budget",

@@ -162,6 +162,53 @@ def layout_text(layout: np.ndarray) -> str:
     return "\n".join(" ".join(".+#"[code] for code in row) for row in layout.tolist())
 
 
+#: Colours of the block codes 0 to 2 (empty, partial, full) in :func:`plot_block_layout`.
+BLOCK_COLORS = ("white", "orange", "seagreen")
+
+
+def plot_block_layout(pattern: Pattern, n: int, block_size: int, ax=None, title: str | None = None):
+    """The mask of ``pattern`` at length ``n`` with its ``block_size`` tiles drawn over it.
+
+    Partial tiles are outlined in orange and full tiles in green; empty tiles (skipped by a block-sparse
+    kernel) are left plain. The title compares the token density (allowed cells) with the block density
+    (cells inside non-empty tiles, i.e. the work a block-sparse kernel does).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.patches import Rectangle
+
+    n = check_size(n)
+    b = check_int("block_size", block_size, low=1)
+    layout = pattern.blocks(n, b)
+    fig, ax = _axes(ax)
+    plot_mask(pattern, n, ax=ax, legend=False, annotate=False)
+    for (i, j), code in np.ndenumerate(layout):
+        if code:
+            h, w = min(b, n - i * b), min(b, n - j * b)
+            ax.add_patch(
+                Rectangle(
+                    (j * b - 0.5, i * b - 0.5),
+                    w,
+                    h,
+                    facecolor=BLOCK_COLORS[code],
+                    alpha=0.25,
+                    edgecolor=BLOCK_COLORS[code],
+                    linewidth=1.2,
+                )
+            )
+    sizes = np.minimum(b, n - np.arange(0, n, b))
+    area = sizes[:, None] * sizes[None, :]
+    worked = int(area[layout > 0].sum())
+    default = (
+        f"{_wrap(pattern.name, 40)}, tiles of {b}\n"
+        f"token density {pattern.density(n):.1%}, block density {worked / n**2:.1%}"
+    )
+    ax.set_title(title if title is not None else default, fontsize="small")
+    return fig
+
+
 def reduce_blocks(pattern: Pattern, n: int, max_display: int = 256) -> tuple[np.ndarray, int]:
     """Density of each tile when the mask is reduced to at most ``max_display`` tiles per side.
 

@@ -67,3 +67,18 @@ def test_layout_text_draws_the_block_codes():
     assert skp.layout_text(sk.causal().blocks(8, 4)) == "+ .\n# +"
     with pytest.raises(ValueError, match="layout must be a 2-D array of block codes"):
         skp.layout_text(np.array([[3]]))
+
+
+def test_block_layout_outlines_every_non_empty_tile_and_states_both_densities():
+    p, n, b = sk.sliding_window(8), 50, 16
+    fig = skp.plot_block_layout(p, n, b)
+    ax = fig.axes[0]
+    layout = p.blocks(n, b)
+    colours = [matplotlib.colors.to_hex(r.get_edgecolor()) for r in ax.patches]
+    assert len(ax.patches) == np.count_nonzero(layout)
+    assert colours.count(matplotlib.colors.to_hex("seagreen")) == np.count_nonzero(layout == 2)
+    sizes = np.minimum(b, n - np.arange(0, n, b))
+    worked = (sizes[:, None] * sizes[None, :])[layout > 0].sum() / n**2
+    assert f"block density {worked:.1%}" in ax.get_title()
+    assert f"token density {p.density(n):.1%}" in ax.get_title()
+    plt.close(fig)

@@ -1,7 +1,7 @@
 """sparsekit.torch: the BlockMask built from sparsekit's block layout equals FlexAttention's own.
 
 For every pattern family and for lengths that are and are not multiples of the block size, the
-``BlockMask`` of :func:`sparsekit.torch.block_mask` (no ``n x n`` evaluation) must equal
+``BlockMask`` of :func:`sparsekit.torch.blockmask.block_mask` (no ``n x n`` evaluation) must equal
 ``create_block_mask`` (which evaluates every cell): same partial and full tiles, same index tables,
 same dense block picture. ``flex_attention`` with it must equal dense softmax attention under the
 boolean mask, within an absolute tolerance of 1e-5 in float32. Skipped without torch.

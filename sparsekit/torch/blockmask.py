@@ -1,6 +1,6 @@
 """Run sparsekit patterns through PyTorch's FlexAttention (optional: needs ``torch``).
 
-``import sparsekit`` never imports torch; ``import sparsekit.torch`` does. Two bridges:
+Two bridges from a pattern to FlexAttention:
 
 * :func:`mask_mod` turns a pattern into a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` that calls the
   pattern's vectorized predicate on index tensors;
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from ._validate import check_int, check_size
-from .pattern import Pattern
+from .._validate import check_int, check_size
+from ..pattern import Pattern
 
 __all__ = ["block_mask", "block_tables", "mask_mod"]
 
