@@ -809,14 +809,9 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _native_stderr_silenced():  # the profiler logs every start and stop on the C-level stderr
-        prof.start()
-    try:
+    # The profiler logs every start and stop, and allocator notes, on the C-level stderr.
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    finally:
-        with _native_stderr_silenced():
-            prof.stop()
     records: list[tuple[int, int]] = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
