@@ -8,6 +8,13 @@ Two bridges from a pattern to FlexAttention:
   own exact block layout (:meth:`~sparsekit.Pattern.blocks`) with ``BlockMask.from_kv_blocks``. It never
   evaluates the ``n x n`` cells that ``create_block_mask`` evaluates, so its cost follows the number of
   tiles, ``ceil(n / block_size) ** 2``, instead of ``n ** 2``.
+
+Under ``torch.compile(flex_attention)`` the ``mask_mod`` runs inside the fused kernel, which on the CPU
+lowers its graph (traced on 0-d indices) again on 2-D tiles of indices. Every pattern's predicate
+therefore evaluates torch tensors with elementwise operations only (no new axes, no reductions: random
+attention ORs one comparison per listed key). Compile with ``dynamic=False``: otherwise an integer
+parameter that differs between two compiled patterns (a window, a stride) becomes a symbol, which the
+CPU kernel of torch 2.13 fails to compile (C++ error: ``cur_qSplitSize2`` was not declared).
 """
 
 from __future__ import annotations
