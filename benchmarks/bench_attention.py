@@ -29,11 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 import tracemalloc
 import warnings
 
 import numpy as np
+from _timing import best_of
 
 import sparsekit as sk
 from sparsekit._validate import int_arg
@@ -48,15 +48,6 @@ LAYOUTS = {
     "causal": lambda: sk.causal(),
     "bigbird_3_512_128": lambda: sk.bigbird(3, 512, 128, seed=0),
 }
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def peak_bytes(fn) -> int:

@@ -14,10 +14,10 @@ Times are the best of a few runs (one run for the slowest eager constructions).
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
+from _timing import best_of
 from torch.nn.attention.flex_attention import create_block_mask
 
 import sparsekit as sk
@@ -25,15 +25,6 @@ import sparsekit.torch as skt
 from sparsekit.masks.segments import paraphrase_fusion
 
 BLOCK = 128
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def fusion(n: int) -> sk.Pattern:
