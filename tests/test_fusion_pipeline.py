@@ -178,25 +178,26 @@ def test_equivalence_flex_against_dense_boolean_mask(model, run, block_size):
 )
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_compiled_flex_walks_the_tile_tables(run, monkeypatch):
+def test_compiled_flex_walks_the_tile_tables(run):
     # Eager flex_attention reads only the mask_mod; the compiled kernel reads sparsekit's tile tables.
-    # One compile thread: no pool of worker processes left competing with the other tests.
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
-    _, pattern, _, _ = run
-    n = pattern.length
-    gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, n, 8, generator=gen) for _ in range(3))
-    mask = skt.block_mask(pattern, n, block_size=16)
-    compiled = fz.flex_attention_fn(mask, compile=True)(q, k, v)
-    dense = fz.masked_sdpa_fn(pattern.dense(n))(q, k, v)
-    torch.testing.assert_close(compiled, dense, rtol=0, atol=fz.EQUIVALENCE_TOLERANCE)
-    # Declare every tile empty (same mask_mod): eager does not notice, the compiled kernel does.
-    emptied = skt.block_mask(pattern, n, block_size=16)
-    emptied.kv_num_blocks = torch.zeros_like(emptied.kv_num_blocks)
-    emptied.full_kv_num_blocks = torch.zeros_like(emptied.full_kv_num_blocks)
-    eager = fz.flex_attention_fn(emptied)(q, k, v)
-    torch.testing.assert_close(eager, dense, rtol=0, atol=fz.EQUIVALENCE_TOLERANCE)
-    assert float((fz.flex_attention_fn(emptied, compile=True)(q, k, v) - dense).abs().max()) > 0.1
+    # One compile thread: no pool of worker processes left competing with the other tests. (config.patch,
+    # not monkeypatch: restoring the attribute by setattr hides inductor's computed default afterwards.)
+    with torch._inductor.config.patch(compile_threads=1):
+        _, pattern, _, _ = run
+        n = pattern.length
+        gen = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(1, 2, n, 8, generator=gen) for _ in range(3))
+        mask = skt.block_mask(pattern, n, block_size=16)
+        compiled = fz.flex_attention_fn(mask, compile=True)(q, k, v)
+        dense = fz.masked_sdpa_fn(pattern.dense(n))(q, k, v)
+        torch.testing.assert_close(compiled, dense, rtol=0, atol=fz.EQUIVALENCE_TOLERANCE)
+        # Declare every tile empty (same mask_mod): eager does not notice, the compiled kernel does.
+        emptied = skt.block_mask(pattern, n, block_size=16)
+        emptied.kv_num_blocks = torch.zeros_like(emptied.kv_num_blocks)
+        emptied.full_kv_num_blocks = torch.zeros_like(emptied.full_kv_num_blocks)
+        eager = fz.flex_attention_fn(emptied)(q, k, v)
+        torch.testing.assert_close(eager, dense, rtol=0, atol=fz.EQUIVALENCE_TOLERANCE)
+        assert float((fz.flex_attention_fn(emptied, compile=True)(q, k, v) - dense).abs().max()) > 0.1
 
 
 @pytest.mark.parametrize("segment", [0, 1, 2])
