@@ -215,6 +215,14 @@ class Pattern:
         """Fraction of ``block_size x block_size`` tiles with no allowed cell."""
         return self.block_summary(n, block_size)["block_sparsity"]
 
+    def tile_density(self, n: int, block_size: int = 128) -> float:
+        """Fraction of the ``n x n`` cells that lie in non-empty tiles: the work of a block-sparse kernel.
+
+        Never below :meth:`density`; equal to it when every non-empty tile is full.
+        """
+        layout = self.blocks(n, block_size)
+        return int(_block_areas(n, block_size)[layout > 0].sum()) / (n * n)
+
     def nonzeros(self, n: int, order: str = "row_first") -> np.ndarray:
         """Allowed cells as an ``int64`` array of ``(i, j)`` pairs, shape ``(nnz, 2)``.
 

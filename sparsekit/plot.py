@@ -198,12 +198,9 @@ def plot_block_layout(pattern: Pattern, n: int, block_size: int, ax=None, title:
                     linewidth=1.2,
                 )
             )
-    sizes = np.minimum(b, n - np.arange(0, n, b))
-    area = sizes[:, None] * sizes[None, :]
-    worked = int(area[layout > 0].sum())
     default = (
         f"{_wrap(pattern.name, 40)}, tiles of {b}\n"
-        f"token density {pattern.density(n):.1%}, block density {worked / n**2:.1%}"
+        f"token density {pattern.density(n):.1%}, block density {pattern.tile_density(n, b):.1%}"
     )
     ax.set_title(title if title is not None else default, fontsize="small")
     return fig

@@ -266,3 +266,17 @@ def test_axial_token_checks_the_grid():
     assert grid.token(2, 5) == 17
     with pytest.raises(ValueError, match=r"row must be an integer in \[0, 3\], got 4"):
         grid.token(4, 0)
+
+
+@pytest.mark.parametrize("b", [1, 3, 16, 40])
+def test_tile_density_counts_the_cells_of_non_empty_tiles(b):
+    n = 50
+    for p in (sk.sliding_window(5), sk.strided(4, 7), sk.random(2, seed=1), sk.causal()):
+        dense = p.dense(n)
+        tiles = -(-n // b)
+        padded = np.zeros((tiles * b, tiles * b), bool)
+        padded[:n, :n] = dense
+        touched = padded.reshape(tiles, b, tiles, b).any(axis=(1, 3))
+        inside = np.repeat(np.repeat(touched, b, axis=0), b, axis=1)[:n, :n]
+        assert p.tile_density(n, b) == pytest.approx(inside.mean())
+        assert p.tile_density(n, b) >= p.density(n)

@@ -28,7 +28,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from .._validate import check_int, check_size
 from ..pattern import Pattern
 
-__all__ = ["block_mask", "block_tables", "mask_mod"]
+__all__ = ["block_mask", "block_tables", "flex_layout", "mask_mod"]
 
 
 def _check_pattern(pattern: object) -> Pattern:
@@ -68,6 +68,16 @@ def mask_mod(pattern: Pattern, n: int | None = None, device="cpu") -> Callable:
     return sparsekit_mask_mod
 
 
+def flex_layout(pattern: Pattern, n: int, block_size: int) -> np.ndarray:
+    """``pattern.blocks(n, block_size)`` as FlexAttention sees it: tiles that stick out past ``n`` are
+    never full (FlexAttention pads the sequence to a multiple of ``block_size`` with masked cells)."""
+    layout = pattern.blocks(n, block_size)
+    if n % block_size:
+        for line in (layout[-1, :], layout[:, -1]):
+            line[line == 2] = 1
+    return layout
+
+
 def block_tables(pattern: Pattern, n: int, block_size: int = 128) -> dict[str, np.ndarray]:
     """The block-sparse tables of ``pattern`` at length ``n``, in FlexAttention's conventions (numpy).
 
@@ -80,11 +90,7 @@ def block_tables(pattern: Pattern, n: int, block_size: int = 128) -> dict[str, n
     ``block_size`` with masked cells.
     """
     b = check_int("block_size", block_size, low=1)
-    layout = _check_pattern(pattern).blocks(check_size(n), b)
-    if n % b:
-        edge = layout[-1, :], layout[:, -1]
-        for line in edge:
-            line[line == 2] = 1
+    layout = flex_layout(_check_pattern(pattern), check_size(n), b)
     tables = {}
     for name, code in (("", 1), ("full_", 2)):
         for axis, grid in (("kv", layout), ("q", layout.T)):

@@ -702,6 +702,13 @@ def _need_fusion(pattern: object) -> ParaphraseFusion:
     return pattern
 
 
+def _check_layout_run(model, ids, pattern, spans, block_size):
+    """The arguments shared by :func:`isolation` and :func:`fusion_effect`, checked."""
+    model = _check_model(model)
+    ids, pattern = _full_length(model, ids, _need_fusion(pattern))
+    return model, ids, pattern, _check_spans(spans, pattern), check_int("block_size", block_size, low=1)
+
+
 def replace_span(ids: torch.Tensor, span: range, vocab_size: int, seed: int = 0) -> torch.Tensor:
     """A copy of ``ids`` whose tokens in ``span`` are replaced by different ids (seeded, uniform)."""
     gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
@@ -749,12 +756,8 @@ def isolation(
     the separators and every other paraphrase. Masked cells enter softmax as ``exp(-inf) = 0`` and
     ``0 * v = 0`` whatever ``v``, so the result is exactly ``0.0``, not merely small.
     """
-    model = _check_model(model)
-    pattern = _need_fusion(pattern)
-    ids, pattern = _full_length(model, ids, pattern)
-    spans = _check_spans(spans, pattern)
+    model, ids, pattern, spans, block_size = _check_layout_run(model, ids, pattern, spans, block_size)
     segment = check_int("segment", segment, low=0, high=len(spans.paraphrases) - 1)
-    block_size = check_int("block_size", block_size, low=1)
     span = spans.paraphrases[segment]
     other = np.ones(pattern.generation_start, dtype=bool)  # encoding positions: rows before generation
     other[span.start : span.stop] = False
@@ -784,11 +787,7 @@ def fusion_effect(
     row and every value is clearly positive; without it the row belongs to the last paraphrase and the
     values of all other paraphrases are exactly 0.
     """
-    model = _check_model(model)
-    pattern = _need_fusion(pattern)
-    ids, pattern = _full_length(model, ids, pattern)
-    spans = _check_spans(spans, pattern)
-    block_size = check_int("block_size", block_size, low=1)
+    model, ids, pattern, spans, block_size = _check_layout_run(model, ids, pattern, spans, block_size)
     row = spans.prompt_length - 1
     base, _ = _flex_run(model, ids, pattern, block_size)
     out = []

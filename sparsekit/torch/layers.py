@@ -53,7 +53,7 @@ from ..masks.local import block_local, window
 from ..masks.longrange import Random, longformer, random
 from ..masks.sparse_transformer import strided
 from ..pattern import Complement, Pattern, Union
-from .blockmask import block_mask
+from .blockmask import block_mask, flex_layout
 
 __all__ = [
     "VISION_PATTERNS",
@@ -227,11 +227,8 @@ def _build_layout(
                 return dense_lookup[q_idx, kv_idx]
 
             bm.mask_mod = lookup_mask_mod
-    # Tile lists from the exact block layout (FlexAttention's conventions: tiles past n are partial).
-    grid = p.blocks(n, block_size)
-    if n % block_size:
-        grid[-1, :][grid[-1, :] == 2] = 1
-        grid[:, -1][grid[:, -1] == 2] = 1
+    # Tile lists from the exact block layout, in FlexAttention's conventions.
+    grid = flex_layout(p, n, block_size)
     tiles = []
     span = np.arange(block_size)
     for bi in range(grid.shape[0]):
