@@ -20,7 +20,10 @@ from ._validate import check_int, check_size
 from .pattern import LABEL_NAMES, Pattern
 
 #: Colours of the label codes 0 to 3 (no attention, diagonal, local, strided/column/global/random).
-LABEL_COLORS = ("lightgray", "darkblue", "royalblue", "skyblue")
+#: Chosen for print and grayscale: each allowed code has at least 3:1 contrast (WCAG non-text) against
+#: the light background and the three get lighter in that order (black, blue, orange). The seed project
+#: drew them lightgray, darkblue, royalblue and skyblue; skyblue on lightgray is only about 1.2:1.
+LABEL_COLORS = ("#f2f2f2", "#000000", "#1c4f9c", "#cc5f00")
 LABEL_CMAP = ListedColormap(LABEL_COLORS, name="sparsekit_labels")
 
 
@@ -162,16 +165,17 @@ def layout_text(layout: np.ndarray) -> str:
     return "\n".join(" ".join(".+#"[code] for code in row) for row in layout.tolist())
 
 
-#: Colours of the block codes 0 to 2 (empty, partial, full) in :func:`plot_block_layout`.
-BLOCK_COLORS = ("white", "orange", "seagreen")
+#: Colours of the block codes 0 to 2 (empty, partial, full) in :func:`plot_block_layout`: purples, so
+#: that no tile class reuses a label colour; partial and full have 5:1 and 15:1 contrast against white.
+BLOCK_COLORS = ("white", "#8856b0", "#3d0f5c")
 
 
 def plot_block_layout(pattern: Pattern, n: int, block_size: int, ax=None, title: str | None = None):
     """The mask of ``pattern`` at length ``n`` with its ``block_size`` tiles drawn over it.
 
-    Partial tiles are outlined in orange and full tiles in green; empty tiles (skipped by a block-sparse
-    kernel) are left plain. The title compares the token density (allowed cells) with the block density
-    (cells inside non-empty tiles, i.e. the work a block-sparse kernel does).
+    Partial tiles are outlined in light purple and full tiles in dark purple; empty tiles (skipped by a
+    block-sparse kernel) are left plain. The title compares the token density (allowed cells) with the
+    block density (cells inside non-empty tiles, i.e. the work a block-sparse kernel does).
 
     Returns
     -------
@@ -265,9 +269,15 @@ def save_full_png(pattern: Pattern, n: int, path: str | os.PathLike, max_bytes: 
     return os.fspath(path)
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> str:
-    """Save ``fig`` as PNG atomically with a white background; returns the path."""
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110, close: bool = True) -> str:
+    """Save ``fig`` as PNG atomically with a white background; returns the path.
+
+    The figure is closed afterwards (``close=True``), so a notebook cell that saves it shows nothing:
+    the book shows the saved file once, through its numbered ``{figure}`` directive.
+    """
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, facecolor="white"))
+    if close:
+        plt.close(fig)
     return os.fspath(path)
 
 
