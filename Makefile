@@ -67,8 +67,8 @@ browser: venv $(BROWSER_STAMP)
 
 nbval: venv
 	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
-		echo "$(BIN)/python -m pytest --nbval --nbval-current-env notebooks -q"; \
-		$(BIN)/python -m pytest --nbval --nbval-current-env notebooks -q; \
+		echo "$(BIN)/python -m pytest --nbval --nbval-current-env --timeout=900 notebooks -q"; \
+		$(BIN)/python -m pytest --nbval --nbval-current-env --timeout=900 notebooks -q; \
 	else \
 		echo "nbval: no notebooks in notebooks/ yet"; \
 	fi
