@@ -11,11 +11,12 @@ projects back:
 * the forward pass calls ``torch.nn.attention.flex_attention.flex_attention`` with the ``BlockMask`` of
   :func:`sparsekit.torch.blockmask.block_mask` (built once per map size and cached), an optional learnable
   relative position bias as its ``score_mod``, and a learnable gate per head that can prune heads;
-* the backward pass is sparsekit's own: FlexAttention in torch 2.13 refuses gradients on the CPU, eager
-  or compiled (``NotImplementedError: FlexAttention does not support backward on CPU. Please set the
-  input requires_grad to False or use another device.``), so :class:`SparseAttention2d` wraps it in an
-  autograd function whose backward walks the same ``BlockMask`` one query tile at a time, touching only
-  the key tiles the mask lists (exact softmax gradients, relative-bias gradients included);
+* on a GPU the backward pass is FlexAttention's own; on the CPU it is sparsekit's: FlexAttention in torch
+  2.13 refuses gradients on the CPU, eager or compiled (``NotImplementedError: FlexAttention does not
+  support backward on CPU. Please set the input requires_grad to False or use another device.``), so
+  :class:`SparseAttention2d` wraps it in an autograd function whose backward walks the same
+  ``BlockMask`` one query tile at a time, touching only the key tiles the mask lists (exact softmax
+  gradients, relative-bias gradients included);
 * :meth:`SparseAttention2d.attention_stats` recomputes, exactly, the mean weight, row entropy, mean row
   maximum and realised sparsity of the attention of the last forward pass.
 
@@ -374,7 +375,8 @@ class SparseAttention2d(nn.Module):
     Notes
     -----
     Why a custom backward: ``flex_attention`` in torch 2.13 raises ``NotImplementedError:
-    FlexAttention does not support backward on CPU`` whenever an input requires grad. The layer calls
+    FlexAttention does not support backward on CPU`` whenever an input requires grad. On any other
+    device the layer lets FlexAttention compute its own gradients. On the CPU it calls
     it on detached tensors inside an autograd function whose backward recomputes, for each query tile,
     the scores against the keys of the tiles the BlockMask lists (the only keys a row may attend to)
     and applies the exact softmax gradient; it costs the listed tiles, not ``n x n``.
@@ -578,7 +580,9 @@ class SparseAttention2d(nn.Module):
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, table)
         )
-        if not needs_grad:
+        # Off the CPU FlexAttention has its own backward (a fused kernel when compiled): use it. Only the
+        # CPU, where torch refuses FlexAttention gradients, needs the tile backward below.
+        if not needs_grad or q.device.type != "cpu":
             return attend(q, k, v, table)
         return _SparseAttentionFunction.apply(q, k, v, table, layout, reach, attend)
 
@@ -657,8 +661,9 @@ class SparseAttentionClassifier(nn.Module):
     ----------
     num_classes : int
         Output classes; ``>= 2``.
-    pattern : str or Pattern
-        Attention pattern, see :func:`vision_pattern`.
+    pattern : str, Pattern or None
+        Attention pattern, see :func:`vision_pattern`; ``None`` leaves the attention block out (the
+        stem feeds the pooling directly), a baseline that shows what attention adds.
     channels : int
         Feature channels; a multiple of ``num_heads``.
     num_heads : int
@@ -673,7 +678,7 @@ class SparseAttentionClassifier(nn.Module):
     def __init__(
         self,
         num_classes: int = 10,
-        pattern: str | Pattern = "block",
+        pattern: str | Pattern | None = "block",
         *,
         channels: int = 32,
         num_heads: int = 4,
@@ -697,14 +702,20 @@ class SparseAttentionClassifier(nn.Module):
         if feature_size == 8:
             layers.append(nn.MaxPool2d(2))
         self.stem = nn.Sequential(*layers)
-        self.attention = SparseAttention2d(channels, channels, num_heads, pattern, **attention_options)
+        if pattern is None and attention_options:
+            raise ValueError(f"attention options {sorted(attention_options)} need a pattern, got None")
+        self.attention = (
+            None
+            if pattern is None
+            else SparseAttention2d(channels, channels, num_heads, pattern, **attention_options)
+        )
         self.norm = nn.BatchNorm2d(channels)
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, 3, 32, 32)``."""
         x = self.stem(images)
-        x = self.norm(x + self.attention(x))
+        x = self.norm(x if self.attention is None else x + self.attention(x))
         return self.head(x.mean(dim=(2, 3)))
 
 
