@@ -12,16 +12,18 @@ cells. This module inverts that relation exactly:
 * :func:`solve_parameter`, a generic inverse for any family whose number of non-zeros is monotone
   in one integer parameter, by binary search over sparsekit's exact counts;
 * :func:`solve`, one entry point by family name;
-* BigBird by its *total* sparsity, two ways: the seed project's way (:func:`bigbird_seed_style`,
-  the same target for each part, optionally corrected by a polynomial fitted with
-  :func:`fit_adjustment`) and an exact way (:func:`bigbird_exact`) that counts the union, overlaps
-  included, and searches the integer parameters.
+* BigBird by its *total* sparsity, three ways: the seed project's way (:func:`bigbird_seed_style`,
+  the same target for each part, optionally corrected by a map: the seed's polynomial
+  :func:`fit_adjustment_seed`, not monotone, kept as history; the monotone :func:`fit_adjustment`),
+  the product rule (:func:`bigbird_product_rule`, each part ``s ** (1/3)``), and an exact way
+  (:func:`bigbird_exact`) that counts the union, overlaps included, and searches the integer
+  parameters: every triple up to ``n = ENUMERATE_MAX_N`` (globally optimal), a local search above.
 
 **Which parameter wins.** Every solver returns the parameter whose *exact* sparsity at length ``n``
 is closest to the target. Distances are compared exactly, as fractions, so ties are real ties. On a
 tie the **sparser** candidate (fewer non-zeros) wins; if two parameters give the same mask size,
-the smaller parameter wins (BigBird: the smaller ``(nz_per_row, diagonal_width, global_width)`` in
-that order).
+the smaller parameter wins. BigBird's exact solver puts one rule between distance and sparsity:
+the parts that follow the budget split more closely win (see :func:`bigbird_exact`).
 
 **Targets out of reach.** A target must be a number in ``[0, 1]``; anything else (NaN included)
 raises ``ValueError`` naming ``sparsity``. A target in ``[0, 1]`` that the family cannot reach (a
@@ -35,7 +37,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -54,9 +56,14 @@ __all__ = [
     "Solution",
     "add_parser",
     "band_area",
+    "Adjustment",
+    "ENUMERATE_MAX_N",
     "bigbird_exact",
+    "bigbird_product_rule",
     "bigbird_seed_style",
     "fit_adjustment",
+    "fit_adjustment_seed",
+    "product_rule_split",
     "global_area",
     "main",
     "random_nz_per_row",
@@ -116,6 +123,12 @@ class Solution:
     note : str
         Empty, or why the target could not be approached more closely (clamped to the end of the
         family's range).
+    optimal : bool
+        ``True`` when no other parameter of the searched set ranks better (every single-parameter
+        solver, and :func:`bigbird_exact` when it enumerates); ``False`` for a local optimum or a
+        rule that does not search (seed style, product rule).
+    method : str
+        How the parameters were found, e.g. ``"closed form"``, ``"enumeration"``, ``"local search"``.
     """
 
     pattern_name: str
@@ -125,6 +138,8 @@ class Solution:
     error: float
     n: int = 0
     note: str = field(default="", compare=False)
+    optimal: bool = field(default=True, compare=False)
+    method: str = field(default="", compare=False)
 
     def pattern(self) -> Pattern:
         """The sparsekit pattern these parameters describe (random parts bound to ``n``)."""
@@ -465,9 +480,9 @@ def _solve_two_branches(factory, param_name, n, target, low, high, **fixed) -> S
 # --------------------------------------------------------------------------------------------------
 # BigBird
 # --------------------------------------------------------------------------------------------------
-def _bigbird_solution(n, sparsity, k, w, g, seed, nnz, note="") -> Solution:
+def _bigbird_solution(n, sparsity, k, w, g, seed, nnz, note="", optimal=False, method="") -> Solution:
     params = {"nz_per_row": k, "diagonal_width": w, "global_width": g, "seed": seed}
-    return _solution("bigbird", params, n, sparsity, nnz, note)
+    return replace(_solution("bigbird", params, n, sparsity, nnz, note), optimal=optimal, method=method)
 
 
 def _as_adjust(adjust: Any) -> Callable[[float], float] | None:
@@ -479,14 +494,23 @@ def _as_adjust(adjust: Any) -> Callable[[float], float] | None:
     return np.poly1d(coefficients)
 
 
+def _solve_parts(n: int, given: Sequence[float], seed: int) -> tuple[int, int, int]:
+    """Random, band and global parameters, each solved on its own for its given sparsity."""
+    k = solve_random(n, given[0], seed).params["nz_per_row"]
+    w = solve_window(n, given[1]).params["diagonal_width"]
+    g = solve_global(n, given[2]).params["width"]
+    return k, w, g
+
+
 def bigbird_seed_style(n: int, sparsity: float, adjust: Any = None, seed: int = 0) -> Solution:
     """BigBird as the seed project builds it: the same target sparsity for each of the three parts.
 
     The given sparsity ``s' = adjust(sparsity)`` (clipped to ``[0, 1]``; ``s' = sparsity`` without
     ``adjust``) is handed to :func:`solve_random`, :func:`solve_window` and :func:`solve_global`
     separately, and the three parts are united. The union is denser than each part, so without a
-    correction the real sparsity falls short of the target; ``adjust`` (see :func:`fit_adjustment`)
-    corrects that on average. ``achieved`` is the union's exact sparsity.
+    correction the real sparsity falls short of the target; ``adjust`` (:func:`fit_adjustment`,
+    :func:`product_rule`, or the seed's polynomial from :func:`fit_adjustment_seed`) corrects that.
+    ``achieved`` is the union's exact sparsity; nothing is searched, so ``optimal`` is ``False``.
 
     Parameters
     ----------
@@ -504,21 +528,32 @@ def bigbird_seed_style(n: int, sparsity: float, adjust: Any = None, seed: int = 
     seed = check_int("seed", seed, low=0)
     fn = _as_adjust(adjust)
     given = sparsity if fn is None else min(1.0, max(0.0, float(fn(sparsity))))
-    k = solve_random(n, given, seed).params["nz_per_row"]
-    w = solve_window(n, given).params["diagonal_width"]
-    g = solve_global(n, given).params["width"]
+    k, w, g = _solve_parts(n, (given,) * 3, seed)
     nnz = bigbird(k, w, g, seed, size=n).nnz(n)
     note = "" if fn is None else f"each part given sparsity {given:.4%}"
-    return _bigbird_solution(n, sparsity, k, w, g, seed, nnz, note)
+    return _bigbird_solution(n, sparsity, k, w, g, seed, nnz, note, method="seed style")
 
 
-def fit_adjustment(n: int, degree: int = 5, grid: Sequence[float] | None = None, seed: int = 0) -> np.poly1d:
-    """Fit the seed's correction polynomial ``adjust(s)`` by code, at length ``n``.
+def _check_grid(grid: Sequence[float] | None, default: int) -> np.ndarray:
+    values = np.linspace(0.0, 1.0, default) if grid is None else np.asarray(grid, dtype=float).ravel()
+    for s in values:
+        check_fraction("sparsity", float(s))
+    if values.size < 2:
+        raise ValueError(f"grid must hold at least 2 sparsities, got {values.size}")
+    return np.sort(values)
+
+
+def fit_adjustment_seed(
+    n: int, degree: int = 5, grid: Sequence[float] | None = None, seed: int = 0
+) -> np.poly1d:
+    """The seed project's correction: a polynomial ``given = adjust(real)`` fitted by least squares.
 
     For every given sparsity ``s'`` of ``grid`` (default ``0, 0.05, ..., 1``) the seed-style BigBird
     (:func:`bigbird_seed_style` without adjustment) is built and its exact real sparsity measured;
     ``np.polyfit(real, given, degree)`` then maps a wanted real sparsity to the sparsity to give
-    each part. Everything is exact or seeded, so the same arguments give the same coefficients.
+    each part. Kept as history: the given sparsities up to about 0.25 all give real sparsity 0, so
+    the fit sees many ``given`` values at one ``real`` and the curve is **not monotone** (asking for
+    a sparser union can give a denser one). :func:`fit_adjustment` is the monotone replacement.
 
     Parameters
     ----------
@@ -527,7 +562,7 @@ def fit_adjustment(n: int, degree: int = 5, grid: Sequence[float] | None = None,
     degree : int
         Polynomial degree; in ``[1, len(grid) - 1]``.
     grid : sequence of float, optional
-        Given sparsities, each in ``[0, 1]``.
+        Given sparsities, each in ``[0, 1]``, at least 2.
     seed : int
         Seed of the random part.
 
@@ -537,13 +572,146 @@ def fit_adjustment(n: int, degree: int = 5, grid: Sequence[float] | None = None,
         ``adjust``; ``adjust.coefficients`` lists them highest power first.
     """
     n = check_size(n)
-    grid = np.linspace(0.0, 1.0, 21) if grid is None else np.asarray(grid, dtype=float).ravel()
-    given = [check_fraction("sparsity", float(s)) for s in grid]
-    degree = check_int("degree", degree, low=1, high=max(1, len(given) - 1))
-    if len(given) < 2:
-        raise ValueError(f"grid must hold at least 2 sparsities, got {len(given)}")
-    real = [bigbird_seed_style(n, s, None, seed).achieved for s in given]
-    return np.poly1d(np.polyfit(np.asarray(real), np.asarray(given), degree))
+    given = _check_grid(grid, 21)
+    degree = check_int("degree", degree, low=1, high=max(1, given.size - 1))
+    real = [bigbird_seed_style(n, float(s), None, seed).achieved for s in given]
+    return np.poly1d(np.polyfit(np.asarray(real), given, degree))
+
+
+def _isotonic(values: np.ndarray) -> np.ndarray:
+    """Least-squares non-decreasing fit of ``values`` (pool adjacent violators, equal weights)."""
+    blocks: list[list[float]] = []  # [sum, count] of each pooled run
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return np.concatenate([np.full(int(c), t / c) for t, c in blocks])
+
+
+@dataclass(frozen=True, eq=False)
+class Adjustment:
+    """A monotone map from the wanted real sparsity to the sparsity given to each BigBird part.
+
+    Built by :func:`fit_adjustment`; calling it interpolates linearly between the knots
+    (``numpy.interp``; clamped at the ends), so it is non-decreasing.
+
+    Attributes
+    ----------
+    real : numpy.ndarray
+        Real (union) sparsities of the knots, strictly increasing, starting at 0.
+    given : numpy.ndarray
+        Sparsity given to each part at each knot, non-decreasing.
+    n : int
+        The length it was fitted at.
+    """
+
+    real: np.ndarray
+    given: np.ndarray
+    n: int
+
+    def __call__(self, sparsity: Any) -> Any:
+        """The sparsity to give each part for a wanted real sparsity (scalar or array)."""
+        return np.interp(sparsity, self.real, self.given)
+
+
+def fit_adjustment(n: int, grid: Sequence[float] | None = None, seed: int = 0) -> Adjustment:
+    """A monotone correction for :func:`bigbird_seed_style`, fitted at length ``n``.
+
+    For every given sparsity of ``grid`` (default ``0, 0.01, ..., 1``) the seed-style union is
+    built and its exact real sparsity measured. Real sparsity grows with the given one up to the
+    noise of the random draws, so the measured curve is first made non-decreasing (isotonic
+    regression); then only the points with real sparsity ``> 0`` are kept, with one anchor
+    ``(0, g0)``, ``g0`` the largest given sparsity whose real sparsity is 0 (0 if none), and knots
+    of equal real sparsity are merged (mean of their given ones). The inverse is the linear
+    interpolation between the knots, so ``adjust`` is non-decreasing and
+    ``bigbird_seed_style(n, s, adjust)`` gets sparser as ``s`` grows (up to the random draws).
+
+    Parameters
+    ----------
+    n : int
+        Length to fit at; ``>= 1``.
+    grid : sequence of float, optional
+        Given sparsities, each in ``[0, 1]``, at least 2.
+    seed : int
+        Seed of the random part.
+
+    Returns
+    -------
+    Adjustment
+        A callable ``adjust(s)``.
+    """
+    n = check_size(n)
+    given = _check_grid(grid, 101)
+    seed = check_int("seed", seed, low=0)
+    real = _isotonic(np.array([bigbird_seed_style(n, float(s), None, seed).achieved for s in given]))
+    zero = real <= 0
+    anchor = float(given[zero].max()) if zero.any() else 0.0
+    xs, inverse = np.unique(np.concatenate([[0.0], real[~zero]]), return_inverse=True)
+    ys = np.bincount(inverse, weights=np.concatenate([[anchor], given[~zero]])) / np.bincount(inverse)
+    return Adjustment(real=xs, given=np.maximum.accumulate(ys), n=n)
+
+
+def product_rule_split(sparsity: float, split: Sequence[float] = (1, 1, 1)) -> tuple[float, float, float]:
+    """Sparsities for the three parts whose product is ``sparsity``: ``s ** share`` each.
+
+    A cell is masked in the union only when every part masks it. If the parts placed their cells
+    independently, the union's sparsity would be the product of the parts' sparsities; giving
+    part ``i`` the sparsity ``s ** f_i`` with shares ``f_i`` summing to 1 (``split`` normalised)
+    makes that product ``s``. Equal shares give ``s ** (1/3)`` each.
+
+    Parameters
+    ----------
+    sparsity : float
+        Target union sparsity; in ``[0, 1]``.
+    split : sequence of float
+        Shares of the random, window and global parts; each ``>= 0``, positive sum.
+
+    Returns
+    -------
+    tuple of float
+        Sparsities to give the random, window and global parts.
+
+    Examples
+    --------
+    >>> from sparsekit.solve import product_rule_split
+    >>> [round(s, 4) for s in product_rule_split(0.729)]
+    [0.9, 0.9, 0.9]
+    """
+    sparsity = check_fraction("sparsity", sparsity)
+    shares = _check_split(split)
+    return tuple(sparsity**f for f in shares)
+
+
+def bigbird_product_rule(
+    n: int, sparsity: float, split: Sequence[float] = (1, 1, 1), seed: int = 0
+) -> Solution:
+    """BigBird by the product rule: each part solved for its :func:`product_rule_split` sparsity.
+
+    No fit and no search: the parts are solved on their own (:func:`solve_random`,
+    :func:`solve_window`, :func:`solve_global`) and united; ``achieved`` is the union's exact
+    sparsity. The random keys fall on the band and the globals about as often as independence
+    predicts, but the band and the globals overlap in their corner, so the union is a little
+    sparser than the product predicts.
+
+    Parameters
+    ----------
+    n : int
+        Sequence length; ``>= 1``.
+    sparsity : float
+        Target union sparsity; in ``[0, 1]``.
+    split : sequence of float
+        Shares of the random, window and global parts; each ``>= 0``, positive sum.
+    seed : int
+        Seed of the random part.
+    """
+    n = check_size(n)
+    seed = check_int("seed", seed, low=0)
+    given = product_rule_split(sparsity, split)
+    k, w, g = _solve_parts(n, given, seed)
+    nnz = bigbird(k, w, g, seed, size=n).nnz(n)
+    return _bigbird_solution(n, sparsity, k, w, g, seed, nnz, method="product rule")
 
 
 def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
@@ -559,6 +727,82 @@ def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
     return parts[0] / total, parts[1] / total, parts[2] / total
 
 
+def _exact_shares(split: Sequence[float]) -> tuple[Fraction, Fraction, Fraction]:
+    """The normalised split as exact fractions (``(1, 1, 1)`` gives exactly ``1/3`` each)."""
+    _check_split(split)
+    parts = [Fraction(float(x)) for x in split]
+    return tuple(p / sum(parts) for p in parts)
+
+
+def _split_deviation(areas: Sequence[int], goal: Fraction, shares: Sequence[Fraction]) -> Fraction:
+    """How far the parts' own cell counts are from their shares of the goal: ``sum |A_i - f_i goal|``."""
+    return sum((abs(a - f * goal) for a, f in zip(areas, shares, strict=True)), Fraction(0))
+
+
+#: Longest length at which :func:`bigbird_exact` enumerates every parameter triple.
+ENUMERATE_MAX_N = 160
+
+
+def _suffix_counts(dist: np.ndarray, first: np.ndarray, n: int) -> np.ndarray:
+    """``S[a, g]``: cells with ``|i - j| >= a`` and ``min(i, j) >= g``, for ``a, g`` in ``[0, n]``."""
+    hist = np.zeros((n + 1, n + 1), dtype=np.int64)
+    hist[:n, :n] = np.bincount((dist * n + first).ravel(), minlength=n * n).reshape(n, n)
+    return hist[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
+
+
+def _enumerate_bigbird(n: int, goal: Fraction, shares, seed: int) -> tuple[int, int, int, int]:
+    """The best ``(k, w, g)`` over every triple the split allows, and its union size.
+
+    Band widths ``0, 1, 3, ..., 2n - 1`` (``w = 2h + 1`` and ``2h + 2`` give the same band) are
+    indexed by ``a``, the smallest distance *outside* the band: ``a = 0`` for no band, else
+    ``a = h + 1``. A cell lies outside the band and the globals when ``|i - j| >= a`` and
+    ``min(i, j) >= g``; with ``S[a, g]`` those counts, the union of the three parts holds
+    ``n**2 - S_all[a, g] + S_random[a, g]`` cells.
+    """
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    cols = np.arange(n, dtype=np.int64)[None, :]
+    outside_all = _suffix_counts(np.abs(rows - cols), np.minimum(rows, cols), n)
+    ks = range(n + 1) if shares[0] > 0 else (0,)
+    a_values = np.arange(n + 1) if shares[1] > 0 else np.zeros(1, dtype=np.int64)
+    g_values = np.arange(n + 1) if shares[2] > 0 else np.zeros(1, dtype=np.int64)
+    base = n * n - outside_all[np.ix_(a_values, g_values)]
+    # Own cell counts of the band and the globals, for the split deviation (step 2 of the rank).
+    half = a_values - 1
+    band = np.where(a_values > 0, n * (1 + 2 * half) - half * (half + 1), 0)
+    glob = 2 * g_values * n - g_values**2
+    target = [float(f * goal) for f in shares]
+    dev_wg = np.abs(band - target[1])[:, None] + np.abs(glob - target[2])[None, :]
+    goal_f = float(goal)
+    best_nnz, found = None, []  # the closest size so far, and (k, a index, g index) reaching it
+    for k in ks:
+        table = random(k, seed, size=n).table
+        extra = _suffix_counts(np.abs(rows - table), np.minimum(rows, table), n)
+        union = base + extra[np.ix_(a_values, g_values)]
+        # The slice's closest size, decided exactly among the sizes within one cell of the float best.
+        gap = np.abs(union - goal_f)
+        near = np.unique(union[gap <= gap.min() + 1])
+        size = min((int(v) for v in near), key=lambda v: (abs(v - goal), v))
+        if best_nnz is not None and (abs(size - goal), size) > (abs(best_nnz - goal), best_nnz):
+            continue
+        if best_nnz is None or size != best_nnz:
+            best_nnz, found = size, []
+        hit = union == size
+        dev = (dev_wg + abs(k * n - target[0]))[hit]
+        ai, gi = np.nonzero(hit)
+        keep = dev <= dev.min() + 1e-6 * (1 + goal_f)  # float prefilter; exact comparison below
+        found += [(k, int(a), int(g)) for a, g in zip(ai[keep], gi[keep], strict=True)]
+    best = None
+    for k, ai, gi in found:
+        a, g = int(a_values[ai]), int(g_values[gi])
+        w = 2 * a - 1 if a > 0 else 0
+        areas = (k * n, band_area(n, w), global_area(n, g))
+        key = (_split_deviation(areas, goal, shares), (k, w, g))
+        if best is None or key < best:
+            best = key
+    k, w, g = best[1]
+    return k, w, g, best_nnz
+
+
 def bigbird_exact(
     n: int,
     sparsity: float,
@@ -567,17 +811,24 @@ def bigbird_exact(
 ) -> Solution:
     """BigBird with an exact total sparsity: the union is counted, overlaps included.
 
-    The density budget ``d = 1 - sparsity`` is shared by ``split = (r, w, g)`` (normalised to sum
-    to 1). The band and the global tokens are solved for their own shares, ``1 - w d`` and
-    ``1 - g d``, with :func:`solve_window` and :func:`solve_global`; the random part then fills
-    what is left: its ``nz_per_row`` is first estimated from the cells the band and globals leave
-    free in each row, then searched with exact counts of the union
-    (``sk.bigbird(...).nnz(n)``). Last, a local search moves the parameters (``nz_per_row`` by 1,
-    the band by one half-width, the globals by 1, one or several at once) while that brings the exact
-    sparsity closer: the result is the best of its neighbourhood, the union counted exactly. A part
-    whose share is 0 stays off. Ties go to the sparser mask, then to the
-    smaller ``(nz_per_row, diagonal_width, global_width)``. Every target in ``[0, 1]`` is reachable
-    up to the integer steps, so nothing is clamped.
+    The split ``(r, w, g)`` is **normalised** to shares ``f`` that sum to 1 (``(1, 1, 1)`` and
+    ``(1/3, 1/3, 1/3)`` are the same split); a part whose share is 0 stays off. Candidates are
+    ranked by
+
+    1. the distance of the union's exact size to the ideal ``(1 - sparsity) n**2`` cells;
+    2. then how well the parts follow the split: ``sum_i |A_i - f_i (1 - sparsity) n**2|`` with
+       ``A_i`` each part's own cell count (``k n``, the band's and the globals' areas);
+    3. then the sparser mask, then the smaller ``(nz_per_row, diagonal_width, global_width)``.
+
+    Up to ``n = ENUMERATE_MAX_N`` every triple is counted (one random draw per ``nz_per_row``,
+    counted against every band and global width at once), so the result is the **global**
+    optimum: ``optimal=True``, ``method="enumeration"``. Above it the band and the globals are
+    solved for their shares, the random part fills what is left (estimated from the free cells
+    per row, then walked along exact counts), and a local search moves the three integers (one
+    step each, several at once) while the rank improves; a second search starts from the
+    product rule (:func:`bigbird_product_rule`), and the better end wins: a local optimum,
+    ``optimal=False``, ``method="local search"``. Every target in ``[0, 1]`` is reachable up to
+    the integer steps, so nothing is clamped.
 
     Parameters
     ----------
@@ -586,7 +837,7 @@ def bigbird_exact(
     sparsity : float
         Target total sparsity; in ``[0, 1]``.
     split : sequence of float
-        Budget fractions of the random, window and global parts; each ``>= 0``, positive sum.
+        Budget shares of the random, window and global parts; each ``>= 0``, positive sum.
     seed : int
         Seed of the random part.
     """
@@ -594,7 +845,13 @@ def bigbird_exact(
     sparsity = check_fraction("sparsity", sparsity)
     seed = check_int("seed", seed, low=0)
     fr, fw, fg = _check_split(split)
+    shares = _exact_shares(split)
     goal = _target_nnz(n, sparsity)
+    if n <= ENUMERATE_MAX_N:
+        k, w, g, nnz = _enumerate_bigbird(n, goal, shares, seed)
+        if nnz != bigbird(k, w, g, seed, size=n).nnz(n):
+            raise AssertionError(f"bigbird enumeration count {nnz} != union count at n={n}")
+        return _bigbird_solution(n, sparsity, k, w, g, seed, nnz, optimal=True, method="enumeration")
     density = 1 - sparsity
     w = solve_window(n, 1 - fw * density).params["diagonal_width"] if fw > 0 else 0
     g = solve_global(n, 1 - fg * density).params["width"] if fg > 0 else 0
@@ -621,7 +878,9 @@ def bigbird_exact(
         return counts[key]
 
     def rank(c: tuple[int, int, int]) -> tuple:
-        return _rank(count(*c), goal, c)
+        nnz = count(*c)
+        areas = (c[0] * n, band_area(n, c[1]), global_area(n, c[2]))
+        return (abs(nnz - goal), _split_deviation(areas, goal, shares), nnz, c)
 
     k = 0
     if fr > 0:
@@ -639,28 +898,33 @@ def bigbird_exact(
             while 0 <= k + step <= n and rank((k + step, w, g)) < rank((k, w, g)):
                 k += step
 
-    current = (k, w, g)
     k_steps = (-1, 0, 1) if fr > 0 else (0,)
     w_steps = (-2, 0, 2) if fw > 0 else (0,)
     g_steps = (-1, 0, 1) if fg > 0 else (0,)
     steps = [(a, b, c) for a in k_steps for b in w_steps for c in g_steps if (a, b, c) != (0, 0, 0)]
-    for _ in range(4 * n + 16):  # each move strictly improves the rank, so this ends early
-        neighbours = []
-        for dk, dw, dg in steps:
-            kk, ww, gg = current[0] + dk, current[1] + dw, current[2] + dg
-            if ww == -1:  # from width 1 (diagonal only) down to the empty band
-                ww = 0
-            elif current[1] == 0 and dw > 0:
-                ww = 1
-            if 0 <= kk <= n and 0 <= ww <= 2 * n - 1 and 0 <= gg <= n:
-                neighbours.append((kk, ww, gg))
-        best = min(neighbours, key=rank, default=current)
-        # Move only for a closer (or, as close, sparser) mask: equal masks with smaller
-        # parameters would walk a long plateau (at sparsity 0 every part can shrink).
-        if rank(best)[:2] >= rank(current)[:2]:
-            break
-        current = best
-    k, w, g = current
+
+    def descend(current: tuple[int, int, int]) -> tuple[int, int, int]:
+        for _ in range(4 * n + 16):  # each move strictly improves the rank, so this ends early
+            neighbours = []
+            for dk, dw, dg in steps:
+                kk, ww, gg = current[0] + dk, current[1] + dw, current[2] + dg
+                if ww == -1:  # from width 1 (diagonal only) down to the empty band
+                    ww = 0
+                elif current[1] == 0 and dw > 0:
+                    ww = 1
+                if 0 <= kk <= n and 0 <= ww <= 2 * n - 1 and 0 <= gg <= n:
+                    neighbours.append((kk, ww, gg))
+            best = min(neighbours, key=rank, default=current)
+            # Move only for a closer mask (or, as close, one that follows the split better): equal
+            # masks with smaller parameters would walk a long plateau (at sparsity 0 every part can shrink).
+            if rank(best)[:2] >= rank(current)[:2]:
+                break
+            current = best
+        return current
+
+    # Two starts: the split's shares of the density, and the product rule; the better end wins.
+    product_start = _solve_parts(n, product_rule_split(sparsity, split), seed)
+    k, w, g = min(descend((k, w, g)), descend(product_start), key=rank)
     # The chosen mask counted by sparsekit's union engine: the same parts as sk.bigbird(k, w, g, seed,
     # size=n), with the random part already drawn.
     params = {"nz_per_row": k, "diagonal_width": w, "global_width": g, "seed": seed}
@@ -669,7 +933,7 @@ def bigbird_exact(
     ).nnz(n)
     if nnz != count(k, w, g):
         raise AssertionError(f"bigbird union count {nnz} != search count {count(k, w, g)}")
-    return _bigbird_solution(n, sparsity, k, w, g, seed, nnz)
+    return _bigbird_solution(n, sparsity, k, w, g, seed, nnz, method="local search")
 
 
 # --------------------------------------------------------------------------------------------------

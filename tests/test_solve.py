@@ -225,16 +225,16 @@ def test_bigbird_exact_split_switches_parts_off():
 
 
 def test_polynomial_fit_is_reproducible():
-    a = sv.fit_adjustment(200, degree=5)
-    b = sv.fit_adjustment(200, degree=5)
+    a = sv.fit_adjustment_seed(200, degree=5)
+    b = sv.fit_adjustment_seed(200, degree=5)
     assert isinstance(a, np.poly1d) and a.order == 5
     np.testing.assert_array_equal(a.coefficients, b.coefficients)
-    c = sv.fit_adjustment(200, degree=3, grid=np.linspace(0, 1, 11), seed=1)
+    c = sv.fit_adjustment_seed(200, degree=3, grid=np.linspace(0, 1, 11), seed=1)
     assert c.order == 3
 
 
 def test_fitted_adjustment_improves_the_seed_style():
-    adjust = sv.fit_adjustment(300)
+    adjust = sv.fit_adjustment_seed(300)
     targets = np.linspace(0.05, 0.95, 10)
     raw = np.mean([abs(sv.bigbird_seed_style(300, s).error) for s in targets])
     fitted = np.mean([abs(sv.bigbird_seed_style(300, s, adjust).error) for s in targets])
