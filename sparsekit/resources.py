@@ -74,6 +74,16 @@ MASK_TYPES = (
 _CHUNK = 1 << 20
 
 
+def _check_tile(tile: object) -> tuple[int, int]:
+    """A tile as ``(rows, cols)``: an integer ``b`` means ``(b, b)``; each side an integer ``>= 1``."""
+    if isinstance(tile, tuple | list) and len(tile) == 2:
+        return check_int("tile rows", tile[0], low=1), check_int("tile cols", tile[1], low=1)
+    if isinstance(tile, tuple | list):
+        raise ValueError(f"tile must be an integer >= 1 or a pair (rows, cols) of them, got {tile!r}")
+    side = check_int("tile", tile, low=1)
+    return side, side
+
+
 def _check_order(order: object) -> str:
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -83,7 +93,9 @@ def _check_order(order: object) -> str:
 # --------------------------------------------------------------------------------------------------
 # Orders
 # --------------------------------------------------------------------------------------------------
-def ordered_nonzeros(pattern: Pattern, n: int, order: str = "row_first", tile: int = 8) -> np.ndarray:
+def ordered_nonzeros(
+    pattern: Pattern, n: int, order: str = "row_first", tile: int | tuple[int, int] = 8
+) -> np.ndarray:
     """The non-zeros ``(i, j)`` of ``pattern`` at length ``n``, in the order a unit computes them.
 
     Parameters
@@ -95,10 +107,12 @@ def ordered_nonzeros(pattern: Pattern, n: int, order: str = "row_first", tile: i
     order : {"row_first", "column_first", "zigzag", "tiled"}
         ``row_first``: row by row, columns ascending. ``column_first``: column by column, rows
         ascending. ``zigzag``: row-first, but odd rows run right to left, so consecutive rows meet
-        at a shared edge column. ``tiled``: the mask is cut into ``tile x tile`` tiles visited
-        row-first (tile rows top to bottom, tiles left to right); inside a tile, cells row-first.
-    tile : int
-        Tile side for ``order="tiled"``; ``>= 1``. Ignored by the other orders.
+        at a shared edge column. ``tiled``: the mask is cut into tiles of ``rows x cols`` cells
+        visited row-first (tile rows top to bottom, tiles left to right); inside a tile, cells
+        row-first (FlashAttention's ``Br x Bc`` tiles, Dao et al. 2022).
+    tile : int or (int, int)
+        Tile of ``order="tiled"``: a side ``b`` (a ``b x b`` square) or a pair ``(rows, cols)``;
+        each ``>= 1``. Ignored by the other orders.
 
     Returns
     -------
@@ -106,7 +120,7 @@ def ordered_nonzeros(pattern: Pattern, n: int, order: str = "row_first", tile: i
         ``int64`` array of shape ``(nnz, 2)``: query row, key column.
     """
     order = _check_order(order)
-    tile = check_int("tile", tile, low=1)
+    tile_rows, tile_cols = _check_tile(tile)
     n = check_size(n)
     if order == "column_first":
         return pattern.nonzeros(n, order="column_first")
@@ -121,8 +135,8 @@ def ordered_nonzeros(pattern: Pattern, n: int, order: str = "row_first", tile: i
         mirror = starts[rows[odd]] + ends[rows[odd]] - 1 - odd
         cells[odd, 1] = cells[mirror, 1]
     elif order == "tiled" and cells.shape[0]:
-        tiles_per_row = -(-n // tile)
-        key = (cells[:, 0] // tile) * tiles_per_row + cells[:, 1] // tile
+        tiles_per_row = -(-n // tile_cols)
+        key = (cells[:, 0] // tile_rows) * tiles_per_row + cells[:, 1] // tile_cols
         # Stable: cells keep their row-first order inside each tile.
         cells = cells[np.argsort(key, kind="stable")]
     return cells
@@ -269,8 +283,8 @@ class ResourceAnalysis:
         The unit's bounds.
     order : str
         Order of the products; ``"given"`` for raw cells.
-    tile : int or None
-        Tile side of the tiled order, else ``None``.
+    tile : int, (int, int) or None
+        Tile of the tiled order (a side or a ``(rows, cols)`` pair), else ``None``.
     cells : numpy.ndarray
         The ordered products, ``(nnz, 2)``.
     bounds : numpy.ndarray
@@ -288,7 +302,7 @@ class ResourceAnalysis:
     num_multiplications: int
     read_limit: int
     order: str
-    tile: int | None
+    tile: int | tuple[int, int] | None
     cells: np.ndarray
     bounds: np.ndarray
     rows: np.ndarray
@@ -357,6 +371,26 @@ class ResourceAnalysis:
     def lower_bound(self) -> int:
         """Fewest loads possible, with every needed row and column loaded once."""
         return self.needed_rows + self.needed_cols
+
+    def capacity_lower_bound(self, capacity: int) -> int:
+        """Fewest loads of *any* schedule whose buffer holds ``capacity`` vectors at once.
+
+        Cut a schedule into segments of ``capacity`` loads. During one segment at most
+        ``2 * capacity`` vectors are available (those held at its start and those it loads); ``a``
+        rows and ``b`` columns with ``a + b <= 2 * capacity`` meet in at most ``a * b <= capacity**2``
+        products. So ``nnz`` products need at least ``ceil(nnz / capacity**2)`` segments, all but the
+        last full: at least ``capacity * (ceil(nnz / capacity**2) - 1)`` loads (the vector form of
+        the bound of Hong and Kung that FlashAttention's analysis uses). The result is the larger
+        of that and :attr:`lower_bound`.
+
+        Parameters
+        ----------
+        capacity : int
+            Vectors (query rows and key columns) the buffer holds; ``>= 1``.
+        """
+        c = check_int("capacity", capacity, low=1)
+        segments = -(-self.nnz // (c * c))
+        return max(self.lower_bound, c * max(segments - 1, 0))
 
     @property
     def reuse_ratio(self) -> float:
@@ -447,7 +481,7 @@ def analyze_cells(
     pattern_name: str = "",
     n: int = 0,
     order: str = "given",
-    tile: int | None = None,
+    tile: int | tuple[int, int] | None = None,
 ) -> ResourceAnalysis:
     """Pack products given in order (see :func:`pack_steps`) and count every step's reads.
 
@@ -497,7 +531,7 @@ def analyze(
     num_multiplications: int = 64,
     read_limit: int = 1000,
     order: str = "row_first",
-    tile: int | None = None,
+    tile: int | tuple[int, int] | None = None,
 ) -> ResourceAnalysis:
     """Resource figures of ``pattern`` at length ``n`` on a unit of ``num_multiplications`` products.
 
@@ -513,9 +547,10 @@ def analyze(
         Distinct rows plus distinct columns per step at most; ``>= 2``.
     order : {"row_first", "column_first", "zigzag", "tiled"}
         Order of the products, see :func:`ordered_nonzeros`.
-    tile : int, optional
-        Tile side of the tiled order; default ``floor(sqrt(num_multiplications))`` so that a full
-        tile is one step. Ignored by the other orders.
+    tile : int or (int, int), optional
+        Tile of the tiled order: a side ``b`` or a pair ``(rows, cols)``, each ``>= 1``; default
+        ``floor(sqrt(num_multiplications))`` so that a full square tile is one step (8 for 64
+        products; GPU kernels use 64 to 128 per side). Ignored by the other orders.
 
     Returns
     -------
@@ -536,7 +571,11 @@ def analyze(
     order = _check_order(order)
     n = check_size(n)
     if order == "tiled":
-        tile = math.isqrt(m) if tile is None else check_int("tile", tile, low=1)
+        if tile is None:
+            tile = math.isqrt(m)
+        else:
+            sides = _check_tile(tile)
+            tile = sides[0] if isinstance(tile, int | np.integer) else sides
     else:
         tile = None
     cells = ordered_nonzeros(pattern, n, order, tile or 1)
@@ -569,7 +608,9 @@ def _header(result: ResourceAnalysis, mask_type: str, settings: dict[str, Any] |
         f"read_limit: {result.read_limit}",
         f"order: {result.order}",
     ]
-    if result.tile is not None:
+    if isinstance(result.tile, tuple):
+        lines.append(f"tile: {result.tile[0]} x {result.tile[1]}")
+    elif result.tile is not None:
         lines.append(f"tile: {result.tile}")
     lines += [f"{key}: {value}" for key, value in (settings or {}).items()]
     return lines
