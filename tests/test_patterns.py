@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import RULES, brute_force
+from reference import RULES, brute_force, brute_force_labels, family_labels, labelled, union_labels
 
 import sparsekit as sk
 
@@ -26,13 +26,16 @@ FAMILIES = {
 }
 
 
-def check_views(pattern: sk.Pattern, n: int, expected: np.ndarray) -> None:
-    """Every view of ``pattern`` at length ``n`` agrees with the dense reference ``expected``."""
+def check_views(pattern: sk.Pattern, n: int, expected: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """Every view of ``pattern`` at length ``n`` agrees with the dense reference ``expected`` (and the
+    labelled mask, cell by cell, with ``labels`` when given)."""
     np.testing.assert_array_equal(pattern.dense(n), expected)
-    labels = pattern.labels(n)
-    assert labels.dtype == np.uint8
-    np.testing.assert_array_equal(labels > 0, expected)
-    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    got = pattern.labels(n)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got > 0, expected)
+    assert set(np.unique(got)) <= {0, 1, 2, 3}
+    if labels is not None:
+        np.testing.assert_array_equal(got, labels)
     counts = pattern.row_counts(n)
     assert counts.dtype == np.int64
     np.testing.assert_array_equal(counts, expected.sum(axis=1))
@@ -70,7 +73,8 @@ def test_family_matches_brute_force(family):
             with pytest.raises(ValueError, match="width"):
                 factory(**kwargs).dense(n)
             return
-        check_views(factory(**kwargs), n, brute_force(RULES[family](**kwargs), n))
+        labels = brute_force_labels(family_labels(family, **kwargs), n)
+        check_views(factory(**kwargs), n, brute_force(RULES[family](**kwargs), n), labels)
 
     run()
 
@@ -78,7 +82,8 @@ def test_family_matches_brute_force(family):
 @given(st.integers(1, 7), st.integers(1, 7))
 def test_axial_matches_brute_force(height, width):
     n = height * width
-    check_views(sk.axial(height, width), n, brute_force(RULES["axial"](height, width), n))
+    labels = brute_force_labels(family_labels("axial", height=height, width=width), n)
+    check_views(sk.axial(height, width), n, brute_force(RULES["axial"](height, width), n), labels)
 
 
 @given(lengths, st.integers(0, 40), st.integers(0, 2**31))
@@ -90,15 +95,37 @@ def test_random_has_exact_row_counts_and_is_reproducible(n, k, seed):
     np.testing.assert_array_equal(sk.random(k, seed=seed).dense(n), dense)
     check_views(p, n, dense)
     table = p.bind(n).table
-    check_views(p, n, brute_force(lambda i, j: j in set(table[i].tolist()), n))
+    rule = lambda i, j: j in set(table[i].tolist())  # noqa: E731
+    check_views(p, n, brute_force(rule, n), brute_force_labels(labelled(rule, lambda i, j: 3), n))
 
 
-def test_random_is_uniform_over_columns():
-    n, k = 64, 8
-    hits = sk.random(k, seed=123).dense(n).sum(axis=0)
-    # Each column is chosen n * k / n = k times on average; a chi-square test at a generous level.
-    chi2 = ((hits - k) ** 2 / k).sum()
-    assert chi2 < 120  # 63 degrees of freedom: the 99.9th percentile is about 103
+def column_chi2(tables: list[np.ndarray], n: int) -> float:
+    """Chi-square statistic of the column counts of ``tables`` (rows of ``k`` distinct columns in
+    ``[0, n)``) against a uniform draw. A column is in a row at most once, with probability ``p = k / n``,
+    so its count has variance ``rows * p * (1 - p)``: each term is divided by ``E * (1 - p)``."""
+    hits = np.bincount(np.concatenate([t.ravel() for t in tables]), minlength=n)
+    rows, k = sum(t.shape[0] for t in tables), tables[0].shape[1]
+    expected, p = rows * k / n, k / n
+    return float(((hits - expected) ** 2).sum() / (expected * (1 - p)))
+
+
+def chi2_quantile(dof: int, z: float) -> float:
+    """Quantile of the chi-square distribution at the normal quantile ``z`` (Wilson-Hilferty)."""
+    return dof * (1 - 2 / (9 * dof) + z * (2 / (9 * dof)) ** 0.5) ** 3
+
+
+@pytest.mark.parametrize("k", [8, 40])  # Floyd's draw (k <= 32) and the partition draw
+def test_random_is_uniform_over_columns(k):
+    # 100 seeded draws of 64 rows: every column expected 100 * k times. The statistic must stay below
+    # the 99.9th percentile of chi-square with 63 degrees of freedom (about 103.4) ...
+    n, seeds = 64, range(100)
+    limit = chi2_quantile(n - 1, 3.0902)
+    assert limit == pytest.approx(103.44, abs=0.1)  # the tabulated 99.9th percentile of chi2(63)
+    assert column_chi2([sk.random(k, seed=s).bind(n).table for s in seeds], n) < limit
+    # ... while a draw biased by one column, never the last one, lands far above it (about 100 * k).
+    rng = np.random.default_rng(0)
+    biased = [np.array([rng.choice(n - 1, size=k, replace=False) for _ in range(n)]) for _ in seeds]
+    assert column_chi2(biased, n) > 5 * limit
 
 
 def test_large_random_k_uses_the_partition_draw():
@@ -111,35 +138,49 @@ def test_large_random_k_uses_the_partition_draw():
 def test_bigbird_is_the_union_of_its_parts(n, k, width, g, seed):
     k, g = min(k, n), min(g, n)
     p = sk.bigbird(k, width, g, seed=seed)
+    table = sk.random(k, seed=seed).bind(n).table
+    drawn = labelled(lambda i, j: j in set(table[i].tolist()), lambda i, j: 3)
+    labels = union_labels(
+        drawn, family_labels("window", diagonal_width=width), family_labels("global_tokens", width=g)
+    )
     expected = (
         sk.random(k, seed=seed).dense(n)
         | brute_force(RULES["window"](width), n)
         | brute_force(RULES["global_tokens"](g), n)
     )
-    check_views(p, n, expected)
+    check_views(p, n, expected, brute_force_labels(labels, n))
 
 
 @given(lengths, st.integers(0, 9), st.integers(0, 5))
 def test_longformer_is_window_or_global(n, window, g):
     g = min(g, n)
     expected = brute_force(RULES["sliding_window"](window), n) | brute_force(RULES["global_tokens"](g), n)
-    check_views(sk.longformer(window, g), n, expected)
+    labels = union_labels(
+        family_labels("sliding_window", window=window), family_labels("global_tokens", width=g)
+    )
+    check_views(sk.longformer(window, g), n, expected, brute_force_labels(labels, n))
 
 
 @given(lengths, st.lists(st.integers(0, 39), max_size=5))
 def test_global_indices(n, indices):
     indices = [i for i in indices if i < n]
     chosen = set(indices)
-    check_views(sk.global_tokens(indices=indices), n, brute_force(lambda i, j: i in chosen or j in chosen, n))
+    rule = lambda i, j: i in chosen or j in chosen  # noqa: E731
+    labels = brute_force_labels(labelled(rule, lambda i, j: 3), n)
+    check_views(sk.global_tokens(indices=indices), n, brute_force(rule, n), labels)
 
 
 @given(lengths, st.integers(0, 6), st.integers(1, 6), st.integers(1, 6))
 def test_composition_or_and_not(n, window, stride, block):
     a, b = sk.strided(window, stride), sk.fixed(block)
     da, db = a.dense(n), b.dense(n)
-    check_views(a | b, n, da | db)
-    check_views(a & b, n, da & db)
-    check_views(~a, n, ~da)
+    la = brute_force_labels(family_labels("strided", window=window, stride=stride), n)
+    lb = brute_force_labels(family_labels("fixed", block=block, summary=1), n)
+    # Unions and intersections keep each cell's most specific label; a complement labels its cells 2.
+    most_specific = np.where((la > 0) & (lb > 0), np.minimum(la, lb), np.maximum(la, lb))
+    check_views(a | b, n, da | db, most_specific)
+    check_views(a & b, n, da & db, np.where((la > 0) & (lb > 0), most_specific, 0))
+    check_views(~a, n, ~da, np.where(la > 0, 0, 2))
     check_views(
         (a | sk.random(min(2, n), seed=1)) & ~b, n, (da | sk.random(min(2, n), seed=1).dense(n)) & ~db
     )
@@ -150,7 +191,11 @@ def test_mixed_union_with_globals_and_random():
     p = sk.random(3, seed=4) | sk.global_tokens(indices=[1, 20, 69]) | sk.fixed(6) | sk.random(2, seed=9)
     glob = brute_force(lambda i, j: i in (1, 20, 69) or j in (1, 20, 69), n)
     expected = sk.random(3, seed=4).dense(n) | glob | sk.fixed(6).dense(n) | sk.random(2, seed=9).dense(n)
-    check_views(p, n, expected)
+    tables = [sk.random(k, seed=s).bind(n).table for k, s in ((3, 4), (2, 9))]
+    drawn = [labelled(lambda i, j, t=t: j in set(t[i].tolist()), lambda i, j: 3) for t in tables]
+    glob_labels = labelled(lambda i, j: i in (1, 20, 69) or j in (1, 20, 69), lambda i, j: 3)
+    labels = union_labels(*drawn, glob_labels, family_labels("fixed", block=6, summary=1))
+    check_views(p, n, expected, brute_force_labels(labels, n))
 
 
 def test_labels_follow_the_seed_codes():
@@ -187,7 +232,12 @@ def test_structured_views_at_large_n_use_no_dense_mask():
         n = 1 << 20
         assert sk.sliding_window(512).nnz(n) == n * 513 - 2 * sum(range(1, 257))
         assert sk.causal().nnz(n) == n * (n + 1) // 2
-        assert sk.longformer(64, 2).nnz(131072) > 0
+        # Longformer by rows, independently: the band |i - j| <= 32, plus the global columns 0 and 1
+        # outside the band, and the two global rows whole.
+        m, rows = 131072, np.arange(131072)
+        band = 1 + np.minimum(rows, 32) + np.minimum(m - 1 - rows, 32)
+        expected = np.where(rows < 2, m, band + (rows > 32) + (rows > 33))
+        assert sk.longformer(64, 2).nnz(m) == int(expected.sum())
         blocks = sk.fixed(32).blocks(131072, 128)
         assert blocks.shape == (1024, 1024) and blocks[5, 3] == 1 and blocks[3, 5] == 0
         with pytest.raises(ValueError, match="memory budget"):

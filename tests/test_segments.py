@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import brute_force
+from reference import brute_force, brute_force_labels
 from test_patterns import check_views
 
 from sparsekit.masks.segments import paraphrase_fusion
@@ -64,15 +64,20 @@ def test_matches_brute_force(layout):
 
 @given(layouts)
 def test_labels_name_the_kind_of_attention(layout):
-    p = paraphrase_fusion(**layout)
-    n = p.length
-    labels = p.labels(n)
-    assert (labels.diagonal() == 1).all()
-    gen = p.generation_start
-    off = ~np.eye(n, dtype=bool)
-    allowed = labels > 0
-    assert (labels[gen:][allowed[gen:] & off[gen:]] == 3).all()  # fusion
-    assert (labels[:gen][allowed[:gen] & off[:gen]] == 2).all()  # isolated segment attention
+    # Cell by cell: 1 the diagonal, 3 fusion (a generated query), 2 isolated segment attention.
+    allowed, n = rule(
+        layout["lengths"], layout["separator_tokens"], layout["prefix_tokens"], layout["num_generated_tokens"]
+    )
+    kinds = token_kinds(
+        layout["lengths"], layout["separator_tokens"], layout["prefix_tokens"], layout["num_generated_tokens"]
+    )
+
+    def label(i: int, j: int) -> int:
+        if not allowed(i, j):
+            return 0
+        return 1 if i == j else 3 if kinds[i][0] == "generated" else 2
+
+    np.testing.assert_array_equal(paraphrase_fusion(**layout).labels(n), brute_force_labels(label, n))
 
 
 @pytest.mark.parametrize(
@@ -152,22 +157,48 @@ def test_torch_tensors_and_indices_past_the_layout():
     )
 
 
-def test_large_layout_counts_are_exact_without_the_dense_mask():
+def allowed_intervals(lengths, separator, prefix, generated) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's allowed keys as two intervals, from the layout written out span by span: the shared
+    prefix ``[0, a)`` and the row's own causal run ``[start, q]`` (``a = 0`` where the run starts at 0)."""
+    starts, pos = [], prefix
+    for k, size in enumerate(lengths):
+        if k and separator:
+            starts.append((pos, pos + separator))
+            pos += separator
+        starts.append((pos, pos + size))
+        pos += size
+    n = pos + generated
+    start = np.zeros(n, dtype=np.int64)  # prefix and generated rows: their run starts at key 0
+    for lo, hi in starts:
+        start[lo:hi] = lo
+    return np.where(start > 0, prefix, 0), start, np.arange(n, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "separator", "prefix", "generated", "block"),
+    [([70_000, 65_536, 90_001], 7, 321, 500, 128), ([1_001, 999, 3], 2, 127, 129, 100)],
+)
+def test_large_layout_counts_are_exact_without_the_dense_mask(lengths, separator, prefix, generated, block):
+    # Independent of the pattern: row counts from the two intervals of each row, and whole rows of tiles
+    # (every tile column) from the intervals' overlaps with each tile, at awkward lengths and tiles.
+    a, start, q = allowed_intervals(lengths, separator, prefix, generated)
     p = paraphrase_fusion(
-        lengths=[70_000, 65_536, 90_001], separator_tokens=7, prefix_tokens=321, num_generated_tokens=500
+        lengths=lengths, separator_tokens=separator, prefix_tokens=prefix, num_generated_tokens=generated
     )
     n = p.length
-    counts = p.row_counts(n)
-    assert counts.min() >= 1
-    blocks = p.block_counts(n, 128)
-    assert int(blocks.sum()) == int(counts.sum())
-    # Spot-check tiles against the predicate.
-    rng = np.random.default_rng(0)
+    assert n == q.size
+    counts = a + q + 1 - start
+    np.testing.assert_array_equal(p.row_counts(n), counts)
+    blocks = p.block_counts(n, block)
     nb = blocks.shape[0]
-    for bi, bj in rng.integers(0, nb, size=(40, 2)).tolist() + [(nb - 1, nb - 1), (nb - 1, 0)]:
-        rows = np.arange(bi * 128, min(n, bi * 128 + 128))
-        cols = np.arange(bj * 128, min(n, bj * 128 + 128))
-        assert blocks[bi, bj] == np.count_nonzero(p(rows[:, None], cols[None, :]))
+    assert int(blocks.sum()) == int(counts.sum())
+    lo, hi = np.arange(nb) * block, np.minimum(np.arange(1, nb + 1) * block, n)
+    rng = np.random.default_rng(0)
+    for bi in sorted({0, nb - 1, *rng.integers(0, nb, size=24).tolist()}):
+        rows = slice(bi * block, min(n, bi * block + block))
+        overlap = np.clip(np.minimum(hi, a[rows, None]) - lo, 0, None)
+        overlap += np.clip(np.minimum(hi, q[rows, None] + 1) - np.maximum(lo, start[rows, None]), 0, None)
+        np.testing.assert_array_equal(blocks[bi], overlap.sum(axis=0))
 
 
 @pytest.mark.parametrize(
