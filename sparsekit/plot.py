@@ -124,7 +124,8 @@ def plot_comparison(
     titles : sequence of str, optional
         One title per pattern; the names by default.
     ncols : int, optional
-        Panels per row; all in one row by default.
+        Panels per row; at most three by default, so that the figure stays about 9 inches wide and
+        its 10 pt titles read at about 10 px in the book's 690 px column.
     axes : array of Axes, optional
         Axes to draw on, at least ``len(patterns)``.
 
@@ -137,23 +138,31 @@ def plot_comparison(
     if titles is not None and len(titles) != len(patterns):
         raise ValueError(f"titles must have one entry per pattern ({len(patterns)}), got {len(titles)}")
     count = len(patterns)
-    ncols = count if ncols is None else check_int("ncols", ncols, low=1)
+    ncols = min(count, 3) if ncols is None else check_int("ncols", ncols, low=1)
     nrows = -(-count // ncols)
-    if axes is None:
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), facecolor="white")
+    own_figure = axes is None
+    if own_figure:
+        # The four-entry legend takes one row in about 8 inches, two rows in 5, four in less.
+        width = 3.0 * ncols
+        columns = 4 if width >= 8 else 2 if width >= 5 else 1
+        size = (width, 3.5 * nrows + 0.25 * (4 // columns) + 0.35)
+        fig, axes = plt.subplots(nrows, ncols, figsize=size, facecolor="white", layout="constrained")
     axes = np.atleast_1d(axes).ravel()
     fig = axes[0].figure
     for k, (ax, pattern) in enumerate(zip(axes, patterns, strict=False)):
         plot_mask(pattern, n, sample_size, ax=ax, legend=False, annotate=False)
         name = titles[k] if titles is not None else pattern.name
-        ax.set_title(f"{_wrap(name)}\nsparsity {pattern.sparsity(n):.2%}", fontsize="small")
+        ax.set_title(f"{_wrap(name, 28)}\nsparsity {pattern.sparsity(n):.2%}", fontsize="medium")
         ax.set_xlabel("")
         ax.set_ylabel("")
     for ax in axes[count:]:
         ax.axis("off")
     handles = [Patch(facecolor=LABEL_COLORS[c], edgecolor="gray", label=LABEL_NAMES[c]) for c in range(4)]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    if own_figure:
+        fig.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
+    else:
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize="small", frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -249,13 +258,27 @@ def plot_smart(pattern: Pattern, n: int, max_display: int = 256, ax=None, title:
         interpolation="nearest",
         extent=(0, n, n, 0),
     )
-    fig.colorbar(image, ax=ax, label="allowed fraction of the tile", fraction=0.046, pad=0.04)
+    bar = fig.colorbar(image, ax=ax, label="allowed share of the tile", fraction=0.046, pad=0.04)
+    _percent_ticks(bar, image.norm.vmin)
     default = f"{_wrap(pattern.name, 48)}\nn = {n}, {tile} x {tile} tiles"
     ax.set_title(title or default, fontsize="small")
     ax.set_xlabel("key / value index j")
     ax.set_ylabel("query index i")
     fig.tight_layout()
     return fig
+
+
+def _percent_ticks(bar, vmin: float) -> None:
+    """Label a log colour bar from ``vmin`` to 1 in percent, at 1-2-5 steps (decades over 3 decades).
+
+    Matplotlib's default log ticks are powers of ten only (often two of them, as 10^-1 and 10^0).
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    decades = np.log10(1 / vmin) if vmin > 0 else 1.0
+    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:.3g}%"))
 
 
 def save_full_png(pattern: Pattern, n: int, path: str | os.PathLike, max_bytes: int | None = None) -> str:
@@ -281,16 +304,29 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110, close: bool = True
     return os.fspath(path)
 
 
-def jshtml(anim, alt: str, default_mode: str = "once"):
+def jshtml(anim, alt: str, default_mode: str = "once", dpi: int = 110):
     """A matplotlib animation as a static slider (``to_jshtml``) whose frame image has alt text.
 
-    Returns the ``IPython.display.HTML`` object; the page needs no kernel to move through frames.
+    The frames are drawn at ``dpi`` (the book's figures use 110), not at the figure's screen dpi
+    (72 in a notebook), so a 10 pt label is about 15 pixels tall on the page. Returns the
+    ``IPython.display.HTML`` object; the page needs no kernel to move through frames.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> from matplotlib.animation import FuncAnimation
+    >>> fig, ax = plt.subplots(figsize=(3, 3), layout="constrained")
+    >>> anim = FuncAnimation(fig, lambda k: ax.set_title(f"frame {k}"), frames=2)
+    >>> html = jshtml(anim, alt="Two frames, each titled with its number")
+    >>> plt.close(fig)
     """
     from html import escape
 
     from IPython.display import HTML
 
-    page = anim.to_jshtml(default_mode=default_mode)
+    dpi = check_int("dpi", dpi, low=20, high=600)
+    with plt.rc_context({"savefig.dpi": dpi}):
+        page = anim.to_jshtml(default_mode=default_mode)
     return HTML(page.replace("<img id=", f'<img alt="{escape(alt)}" id=', 1))
 
 
@@ -305,19 +341,27 @@ def animate(
     """A static slider for the published page: one labelled mask per frame, as HTML (``to_jshtml``).
 
     ``alt`` describes the frames for readers who cannot see them (default: the frames' names).
+    Frames are drawn at 110 dpi with a layout that keeps the axis labels inside the picture.
     Returns the ``IPython.display.HTML`` object; the page needs no kernel to move through frames.
+
+    Examples
+    --------
+    >>> import sparsekit as sk
+    >>> frames = [sk.strided(w, w) for w in (4, 8)]
+    >>> slider = animate(frames, 64, alt="Strided masks at n = 64 for windows 4 and 8")
     """
     from matplotlib.animation import FuncAnimation
 
     if not frames:
         raise ValueError("frames must hold at least one pattern")
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), facecolor="white")
+    # Constrained layout re-fits every frame, so the y-axis label is never cut off at the left.
+    fig, ax = plt.subplots(figsize=(4.6, 4.8), facecolor="white", layout="constrained")
 
     def draw(k):
         ax.clear()
         plot_mask(frames[k], n, sample_size, ax=ax, legend=False, annotate=False)
         name = titles[k] if titles is not None else frames[k].name
-        ax.set_title(f"{_wrap(name)}\nsparsity {frames[k].sparsity(n):.2%}", fontsize="small")
+        ax.set_title(f"{_wrap(name, 40)}\nsparsity {frames[k].sparsity(n):.2%}", fontsize="medium")
         return []
 
     anim = FuncAnimation(fig, draw, frames=len(frames), interval=interval)

@@ -76,9 +76,83 @@ def test_block_layout_outlines_every_non_empty_tile_and_states_both_densities():
     layout = p.blocks(n, b)
     colours = [matplotlib.colors.to_hex(r.get_edgecolor()) for r in ax.patches]
     assert len(ax.patches) == np.count_nonzero(layout)
-    assert colours.count(matplotlib.colors.to_hex("seagreen")) == np.count_nonzero(layout == 2)
+    # Full tiles dark purple, partial light purple (the documented tile palette).
+    assert colours.count("#3d0f5c") == np.count_nonzero(layout == 2)
+    assert colours.count("#8856b0") == np.count_nonzero(layout == 1)
     sizes = np.minimum(b, n - np.arange(0, n, b))
     worked = (sizes[:, None] * sizes[None, :])[layout > 0].sum() / n**2
     assert f"block density {worked:.1%}" in ax.get_title()
     assert f"token density {p.density(n):.1%}" in ax.get_title()
+    plt.close(fig)
+
+
+def _frames(html: str) -> list[np.ndarray]:
+    """The frames a static slider embeds, decoded from their base64 PNGs."""
+    import base64
+    import io
+    import re
+
+    # The template breaks each base64 string into lines ending in a backslash.
+    encoded = re.findall(r'data:image/png;base64,([A-Za-z0-9+/=\\\s]+)"', html)
+    return [plt.imread(io.BytesIO(base64.b64decode(re.sub(r"[\\\s]", "", e))), format="png") for e in encoded]
+
+
+def test_static_slider_frames_are_legible_and_nothing_is_cut_off():
+    html = skp.animate([sk.causal(), sk.strided(4, 4)], 32, alt="two masks").data
+    frames = _frames(html)
+    assert len(frames) == 2
+    for frame in frames:
+        height, width = frame.shape[:2]
+        # 4.6 x 4.8 inches at 110 dpi, not at the notebook's 72 (the writer rounds to a few pixels).
+        assert abs(width - 4.6 * 110) <= 4 and abs(height - 4.8 * 110) <= 4, (width, height)
+        # The y-axis label and the title stay inside the picture: its outer pixels are all white.
+        rgb = frame[..., :3]
+        for edge in (rgb[:, :2], rgb[:, -2:], rgb[:2], rgb[-2:]):
+            assert edge.min() == 1.0, "something is drawn over the edge of the frame"
+
+
+@pytest.mark.filterwarnings("ignore:Animation was deleted without rendering")
+def test_static_slider_dpi_is_checked():
+    import gc
+
+    from matplotlib.animation import FuncAnimation
+
+    fig, ax = plt.subplots()
+    anim = FuncAnimation(fig, lambda k: [], frames=1)
+    with pytest.raises(ValueError, match="dpi"):
+        skp.jshtml(anim, alt="x", dpi=5)
+    plt.close(fig)
+    del anim  # never rendered: matplotlib warns when it is collected, so here and not in a later test
+    gc.collect()
+
+
+def test_comparison_stacks_at_most_three_panels_per_row():
+    patterns = [sk.causal(), sk.strided(4, 4), sk.fixed(4), sk.sliding_window(4), sk.window(2)]
+    fig = skp.plot_comparison(patterns, 16)
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 5
+    assert len({round(ax.get_position().y0, 3) for ax in drawn}) == 2  # two rows: 3 + 2
+    assert fig.get_figwidth() <= 9.0
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_comparison_titles_and_legend_fit_inside_the_figure(count):
+    patterns = [sk.causal(), sk.strided(16, 16), sk.fixed(16), sk.sliding_window(16), sk.window(2)][:count]
+    fig = skp.plot_comparison(patterns, 1024, 128)
+    fig.canvas.draw()
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+    width, height = fig.get_size_inches()
+    assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width + 1e-6 and drawn.y1 <= height + 1e-6
+    plt.close(fig)
+
+
+def test_overview_colour_bar_has_readable_percent_ticks():
+    fig = skp.plot_smart(sk.sliding_window(8), 1024, max_display=64)
+    fig.canvas.draw()
+    bar = fig.axes[1]
+    low, high = bar.get_ylim()
+    labels = [t.get_text() for t in bar.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len(labels) >= 3, labels
+    assert all(label.endswith("%") for label in labels), labels
     plt.close(fig)
