@@ -808,6 +808,7 @@ def bigbird_exact(
     sparsity: float,
     split: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
     seed: int = 0,
+    search: str = "auto",
 ) -> Solution:
     """BigBird with an exact total sparsity: the union is counted, overlaps included.
 
@@ -820,8 +821,8 @@ def bigbird_exact(
        ``A_i`` each part's own cell count (``k n``, the band's and the globals' areas);
     3. then the sparser mask, then the smaller ``(nz_per_row, diagonal_width, global_width)``.
 
-    Up to ``n = ENUMERATE_MAX_N`` every triple is counted (one random draw per ``nz_per_row``,
-    counted against every band and global width at once), so the result is the **global**
+    With ``search="auto"``, up to ``n = ENUMERATE_MAX_N`` every triple is counted (one random
+    draw per ``nz_per_row``, counted against every band and global width at once): the **global**
     optimum: ``optimal=True``, ``method="enumeration"``. Above it the band and the globals are
     solved for their shares, the random part fills what is left (estimated from the free cells
     per row, then walked along exact counts), and a local search moves the three integers (one
@@ -840,14 +841,19 @@ def bigbird_exact(
         Budget shares of the random, window and global parts; each ``>= 0``, positive sum.
     seed : int
         Seed of the random part.
+    search : {"auto", "enumerate", "local"}
+        ``"auto"`` enumerates up to ``ENUMERATE_MAX_N``; the others force one method (enumerating
+        costs about ``n**3`` operations).
     """
     n = check_size(n)
     sparsity = check_fraction("sparsity", sparsity)
     seed = check_int("seed", seed, low=0)
+    if search not in ("auto", "enumerate", "local"):
+        raise ValueError(f"search must be one of auto, enumerate, local; got {search!r}")
     fr, fw, fg = _check_split(split)
     shares = _exact_shares(split)
     goal = _target_nnz(n, sparsity)
-    if n <= ENUMERATE_MAX_N:
+    if search == "enumerate" or (search == "auto" and n <= ENUMERATE_MAX_N):
         k, w, g, nnz = _enumerate_bigbird(n, goal, shares, seed)
         if nnz != bigbird(k, w, g, seed, size=n).nnz(n):
             raise AssertionError(f"bigbird enumeration count {nnz} != union count at n={n}")

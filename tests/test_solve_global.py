@@ -137,3 +137,14 @@ def test_product_rule_union_is_counted_exactly():
         assert not sol.optimal and sol.method == "product rule"
         # Independent parts would give exactly s; the real union stays within a few points.
         assert abs(sol.error) < 0.05
+
+
+def test_search_can_be_forced_and_local_is_never_better():
+    for n in (12, 30):
+        for s in (0.3, 0.7, 0.95):
+            local = sv.bigbird_exact(n, s, search="local")
+            best = sv.bigbird_exact(n, s, search="enumerate")
+            assert local.method == "local search" and best.method == "enumeration"
+            assert abs(best.error) <= abs(local.error) + 1e-15
+    with pytest.raises(ValueError, match="search"):
+        sv.bigbird_exact(12, 0.5, search="fast")
