@@ -8,13 +8,20 @@ from it and agree with it exactly.
 
 from ._validate import check_fraction, check_int
 from .attention import block_sparse_attention, masked_scores
+from .masks.blocksparse import bigbird_blocks
 from .masks.causal import causal
+from .masks.chunked import chunked
+from .masks.documents import document
 from .masks.image import axial
 from .masks.local import block_local, dilated_sliding_window, sliding_window, window
 from .masks.longrange import bigbird, global_tokens, longformer, random
+from .masks.neighborhood import neighborhood_2d
+from .masks.prefix import prefix_lm
 from .masks.segments import ParaphraseFusion, Segment, paraphrase_fusion
 from .masks.selection import SelectedBlocks, block_means, block_select, moba, nsa_scores, quest_scores
 from .masks.sparse_transformer import fixed, strided
+from .masks.streaming import attention_sinks, causal_window
+from .masks.tree import tree
 from .pattern import (
     DIAGONAL,
     GLOBAL,
@@ -37,8 +44,10 @@ __all__ = [
     "Pattern",
     "Segment",
     "SelectedBlocks",
+    "attention_sinks",
     "axial",
     "bigbird",
+    "bigbird_blocks",
     "block_means",
     "block_select",
     "block_sparse_attention",
@@ -46,18 +55,24 @@ __all__ = [
     "check_int",
     "block_local",
     "causal",
+    "causal_window",
+    "chunked",
     "dilated_sliding_window",
+    "document",
     "fixed",
     "global_tokens",
     "longformer",
     "masked_scores",
     "moba",
+    "neighborhood_2d",
     "nsa_scores",
     "paraphrase_fusion",
+    "prefix_lm",
     "quest_scores",
     "random",
     "set_memory_budget",
     "sliding_window",
     "strided",
+    "tree",
     "window",
 ]
