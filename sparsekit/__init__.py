@@ -31,6 +31,7 @@ from .pattern import (
     Pattern,
     set_memory_budget,
 )
+from .stack import layer_schedule, layers_to_reach, receptive_field
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,8 @@ __all__ = [
     "document",
     "fixed",
     "global_tokens",
+    "layer_schedule",
+    "layers_to_reach",
     "longformer",
     "masked_scores",
     "moba",
@@ -70,6 +73,7 @@ __all__ = [
     "prefix_lm",
     "quest_scores",
     "random",
+    "receptive_field",
     "set_memory_budget",
     "sliding_window",
     "strided",
