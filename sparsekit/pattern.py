@@ -19,6 +19,7 @@ Two engines keep the views fast without materializing ``n x n`` temporaries:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from functools import reduce
 
@@ -31,23 +32,81 @@ NO_ATTENTION, DIAGONAL, LOCAL, GLOBAL = 0, 1, 2, 3
 #: Legend names of the label codes, indexed by code.
 LABEL_NAMES = ("No attention", "Diagonal", "Local", "Strided, column, global or random")
 
-DEFAULT_MEMORY_BUDGET = 4 * 2**30
+
+def _default_memory_budget() -> int:
+    """A quarter of the machine's physical memory (4 GiB where the system does not say)."""
+    try:
+        return max(1 << 26, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
+    except (AttributeError, ValueError, OSError):
+        return 4 * 2**30
+
+
+DEFAULT_MEMORY_BUDGET = _default_memory_budget()
 _memory_budget = [DEFAULT_MEMORY_BUDGET]
 
 # Largest number of predicate cells evaluated at once; bounds every temporary array.
 _CHUNK_CELLS = 1 << 22
 # Tile size used internally for the block engine when a view needs no particular size.
 _ENGINE_BLOCK = 128
+# Most predicate cells the closed-form block summary evaluates (representative tiles) before giving up.
+_CLOSED_CELLS = 1 << 26
+
+
+class MemoryBudgetError(MemoryError, ValueError):
+    """A view refused before allocating: it would need more memory than the budget allows.
+
+    A ``MemoryError`` (it is one) and a ``ValueError`` (the input is what is too large), so that
+    command lines report it as bad input: one line on stderr, exit status 2.
+    """
 
 
 def set_memory_budget(nbytes: int) -> int:
-    """Set the largest dense or labelled mask (in bytes) that :meth:`Pattern.dense` will build.
+    """Set the most memory (in bytes) one view may allocate; returns the previous budget.
 
-    Returns the previous budget. The default is 4 GiB.
+    Every view estimates what it needs before allocating (:func:`require_memory`) and raises
+    :class:`MemoryBudgetError` above the budget. The default is a quarter of the machine's memory.
     """
     previous = _memory_budget[0]
     _memory_budget[0] = check_int("nbytes", nbytes, low=1)
     return previous
+
+
+def require_memory(view: str, n: int, nbytes: int, instead: str, max_bytes: int | None = None) -> None:
+    """Raise :class:`MemoryBudgetError` when ``view`` at length ``n`` would need more than the budget.
+
+    Parameters
+    ----------
+    view : str
+        What is being built, e.g. ``"dense"``; named in the message.
+    n : int
+        Sequence length.
+    nbytes : int
+        Estimated peak memory of the view, in bytes.
+    instead : str
+        The cheaper views to use, named in the message.
+    max_bytes : int, optional
+        Budget for this call; default the one of :func:`set_memory_budget`.
+    """
+    budget = _memory_budget[0] if max_bytes is None else check_int("max_bytes", max_bytes, low=1)
+    if nbytes > budget:
+        raise MemoryBudgetError(
+            f"{view} at n={n} needs {_bytes_text(nbytes)}, over the memory budget of "
+            f"{_bytes_text(budget)}; use {instead} instead, or raise the budget with "
+            f"sparsekit.set_memory_budget()"
+        )
+
+
+def _bytes_text(nbytes: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.2f} {unit} ({nbytes} bytes)"
+    return f"{nbytes} bytes"
+
+
+def floor_sum(n: int, s: int) -> int:
+    """``sum(i // s for i in range(n))`` exactly, in O(1): the building block of closed-form counts."""
+    q, r = divmod(max(n, 0), s)
+    return s * q * (q - 1) // 2 + q * r
 
 
 def _is_torch(x: object) -> bool:
@@ -148,8 +207,9 @@ class Pattern:
     def dense(self, n: int, max_bytes: int | None = None) -> np.ndarray:
         """Boolean mask of shape ``(n, n)``: ``True`` where attention is allowed.
 
-        Refuses with ``ValueError`` when the mask would exceed ``max_bytes`` (default: the budget of
-        :func:`set_memory_budget`); use :meth:`row_counts`, :meth:`nnz` or :meth:`blocks` instead.
+        Refuses with :class:`MemoryBudgetError` (a ``MemoryError``) when the mask would exceed
+        ``max_bytes`` (default: the budget of :func:`set_memory_budget`); use :meth:`row_counts`,
+        :meth:`nnz` or :meth:`blocks` instead.
         """
         p = self.bind(n)
         _check_budget(n, max_bytes, "dense")
@@ -166,19 +226,26 @@ class Pattern:
     def row_counts(self, n: int) -> np.ndarray:
         """Exact number of allowed keys in each query row, ``int64`` of shape ``(n,)``."""
         p = self.bind(n)
+        require_memory("row_counts", n, p._row_counts_bytes(n), "nnz(n), sparsity(n) or block_summary(n)")
         return np.asarray(p._row_counts(n), dtype=np.int64)
 
     def nnz(self, n: int) -> int:
-        """Exact number of allowed (query, key) cells."""
-        return int(self.row_counts(n).sum())
+        """Exact number of allowed (query, key) cells, a Python integer.
+
+        Structured patterns answer in closed form (arithmetic over one period); others sum exact row
+        counts, in chunks of rows when the whole count array would not fit the memory budget.
+        """
+        p = self.bind(n)
+        exact = p._nnz_closed(n)
+        return int(exact) if exact is not None else p._nnz_counted(n)
 
     def density(self, n: int) -> float:
-        """Exact fraction of allowed cells, ``nnz / n**2``."""
+        """Exact fraction of allowed cells, ``nnz / n**2`` (one rounding, at the division)."""
         n = check_size(n)
         return self.nnz(n) / (n * n)
 
     def sparsity(self, n: int) -> float:
-        """Exact fraction of masked cells, ``1 - nnz / n**2``."""
+        """Exact fraction of masked cells, ``1 - nnz / n**2`` (one rounding, at the division)."""
         n = check_size(n)
         return (n * n - self.nnz(n)) / (n * n)
 
@@ -189,26 +256,50 @@ class Pattern:
         """
         p = self.bind(n)
         b = check_int("block_size", block_size, low=1)
+        nb = -(-n // b)
+        require_memory("block_counts", n, 24 * nb * nb, "blocks(n, block_size) or block_summary(n)")
         return p._block_counts(n, b)
 
     def blocks(self, n: int, block_size: int = 128) -> np.ndarray:
         """Block layout, ``uint8 (ceil(n/b), ceil(n/b))``: 0 empty, 1 partial, 2 full tile."""
-        counts = self.block_counts(n, block_size)
-        area = _block_areas(n, block_size)
+        p = self.bind(n)
+        b = check_int("block_size", block_size, low=1)
+        nb = -(-n // b)
+        m = _period_tiles(p, b)
+        own_counts = type(p)._block_counts is not Pattern._block_counts
+        periodic = m is not None and not own_counts and m * (2 * nb - 1) < nb * nb
+        # The periodic engine writes the uint8 layout directly; the others go through int64 counts.
+        need = nb * nb if periodic else 25 * nb * nb
+        require_memory("blocks", n, need, "block_summary(n, block_size) or a larger block_size")
+        if periodic:
+            return _periodic_layout(p, n, b, m)
+        counts = p._block_counts(n, b)
+        area = _block_areas(n, b)
         return np.where(counts == 0, 0, np.where(counts == area, 2, 1)).astype(np.uint8)
 
     def block_summary(self, n: int, block_size: int = 128) -> dict[str, int | float]:
         """Tile counts of the block layout: ``empty``, ``partial``, ``full``, ``tiles`` and
         ``block_sparsity`` (the fraction of tiles that are empty, i.e. skipped by a block-sparse kernel).
+
+        Structured patterns answer in closed form, without the layout; the counts are exact integers.
         """
-        layout = self.blocks(n, block_size)
-        empty, partial, full = (int(c) for c in np.bincount(layout.ravel(), minlength=3))
+        p = self.bind(n)
+        b = check_int("block_size", block_size, low=1)
+        closed = p._block_summary_closed(n, b)
+        if closed is None:
+            nb = -(-n // b)
+            need = nb * nb if _period_tiles(p, b) is not None else 25 * nb * nb
+            require_memory("block_summary (no closed form for this pattern)", n, need, "a larger block_size")
+            layout = p.blocks(n, b)
+            closed = tuple(int(c) for c in np.bincount(layout.ravel(), minlength=3))
+        empty, partial, full = closed
+        tiles = (-(-n // b)) ** 2
         return {
             "empty": empty,
             "partial": partial,
             "full": full,
-            "tiles": int(layout.size),
-            "block_sparsity": empty / layout.size,
+            "tiles": tiles,
+            "block_sparsity": empty / tiles,
         }
 
     def block_sparsity(self, n: int, block_size: int = 128) -> float:
@@ -232,7 +323,59 @@ class Pattern:
         """
         if order not in ("row_first", "column_first"):
             raise ValueError(f"order must be 'row_first' or 'column_first', got {order!r}")
-        return _ordered_cells(self.bind(n), n, column_first=order == "column_first")
+        p = self.bind(n)
+        nb = -(-n // min(16, n))
+        # The tile counts at block 16 first, then 16 bytes per non-zero.
+        require_memory("nonzeros", n, 24 * nb * nb, "nnz(n), row_counts(n) or blocks(n)")
+        exact = p._nnz_closed(n)
+        if exact is not None:
+            require_memory("nonzeros", n, 16 * exact + 24 * nb * nb, "nnz(n), row_counts(n) or blocks(n)")
+        return _ordered_cells(p, n, column_first=order == "column_first")
+
+    # ----------------------------------------------------------------------------------------------
+    # Closed forms (families override; None means "not available, use the engines")
+    # ----------------------------------------------------------------------------------------------
+    def _nnz_closed(self, n: int) -> int | None:
+        """Exact non-zeros at length ``n`` as a Python integer, in O(1) or O(period) time and memory."""
+        return None
+
+    def _far(self) -> tuple[int, int] | None:
+        """``(reach, shift)``: far from the diagonal the rule forgets where exactly a cell is.
+
+        For ``q - kv >= reach`` the predicate is unchanged when ``q`` moves by ``shift``; for
+        ``kv - q >= reach`` when ``kv`` moves by ``shift``. With :attr:`period` this makes tile
+        statuses periodic along each tile diagonal far from the main one, which the closed-form block
+        summary uses. ``None`` (the default) when the family does not know.
+        """
+        return None
+
+    def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int] | None:
+        """``(empty, partial, full)`` tiles of size ``b`` at length ``n`` without the layout, or None.
+
+        The default works for every periodic pattern whose :meth:`_far` is known, evaluating one
+        representative tile per class (see :func:`_periodic_summary`).
+        """
+        return _periodic_summary(self, n, b)
+
+    def _row_counts_bytes(self, n: int) -> int:
+        """Peak memory of :meth:`_row_counts`: a few ``(n,)`` arrays, plus the generic engine's tiles."""
+        nb = -(-n // _ENGINE_BLOCK)
+        generic = type(self)._row_counts is Pattern._row_counts
+        return 32 * n + (24 * nb * nb if generic else 0)
+
+    def _nnz_counted(self, n: int) -> int:
+        """Exact non-zeros from row counts: whole when they fit the budget, else in chunks of rows."""
+        if self._row_counts_bytes(n) <= _memory_budget[0]:
+            return _exact_sum(self._row_counts(n))
+        # Bounded memory: evaluate the predicate on chunks of rows by chunks of columns.
+        total = 0
+        rows_per = max(1, _CHUNK_CELLS // min(n, _CHUNK_CELLS))
+        for r0 in range(0, n, rows_per):
+            rows = np.arange(r0, min(n, r0 + rows_per))
+            for c0 in range(0, n, _CHUNK_CELLS // rows.size):
+                cols = np.arange(c0, min(n, c0 + _CHUNK_CELLS // rows.size))
+                total += int(np.count_nonzero(self._dense_rows(n, rows, cols)))
+        return total
 
     # ----------------------------------------------------------------------------------------------
     # Engines (subclasses override with exact shortcuts where they have one)
@@ -313,16 +456,12 @@ class Pattern:
 # --------------------------------------------------------------------------------------------------
 # Engine helpers
 # --------------------------------------------------------------------------------------------------
+_EXACT_VIEWS = "row_counts(n), nnz(n), sparsity(n) or blocks(n)"
+
+
 def _check_budget(n: int, max_bytes: int | None, view: str) -> None:
-    budget = _memory_budget[0] if max_bytes is None else check_int("max_bytes", max_bytes, low=1)
-    need = n * n
-    if need > budget:
-        raise ValueError(
-            f"{view}({n}) needs {need / 2**30:.2f} GiB, over the memory budget of "
-            f"{budget / 2**30:.2f} GiB; use row_counts(n), nnz(n), sparsity(n) or blocks(n) for "
-            f"exact figures without the n x n mask, or raise the budget with max_bytes= or "
-            f"sparsekit.set_memory_budget()"
-        )
+    """The budget check of the ``(n, n)`` one-byte views (dense and labels)."""
+    require_memory(view, n, n * n, f"{_EXACT_VIEWS} (exact figures without the n x n mask)", max_bytes)
 
 
 def _chunks(values: np.ndarray, size: int):
@@ -423,6 +562,146 @@ def _tile_counts(fn: Callable, n: int, b: int, bi: np.ndarray, bj: np.ndarray) -
     return counts
 
 
+def _exact_sum(values: np.ndarray) -> int:
+    """Sum of an ``int64`` array as a Python integer, without int64 overflow."""
+    return sum(int(values[s : s + (1 << 20)].sum()) for s in range(0, values.size, 1 << 20))
+
+
+def _period_tiles(p: Pattern, b: int) -> int | None:
+    """``m`` with ``m * b = lcm(period, b)``: tile rows ``I`` and ``I + m`` are alike; None if aperiodic."""
+    return None if p.period is None else math.lcm(p.period, b) // b
+
+
+def _rect_counts(fn: Callable, r0: np.ndarray, c0: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Allowed cells of the ``h x w`` rectangles at rows ``r0[t]``, columns ``c0[t]`` (no clipping)."""
+    r0, c0 = np.asarray(r0, dtype=np.int64).ravel(), np.asarray(c0, dtype=np.int64).ravel()
+    counts = np.zeros(r0.size, dtype=np.int64)
+    per_batch = max(1, _CHUNK_CELLS // max(1, h * w))
+    for s in range(0, r0.size, per_batch):
+        rows = _tile_index(r0[s : s + per_batch], h)[:, :, None]
+        cols = _tile_index(c0[s : s + per_batch], w)[:, None, :]
+        allowed = np.broadcast_to(np.asarray(fn(rows, cols), dtype=bool), (rows.shape[0], h, w))
+        counts[s : s + per_batch] = np.count_nonzero(allowed, axis=(1, 2))
+    return counts
+
+
+def _rect_status(fn: Callable, r0, c0, h: int, w: int) -> np.ndarray:
+    """Tile status (0 empty, 1 partial, 2 full) of ``h x w`` rectangles, ``uint8``."""
+    counts = _rect_counts(fn, r0, c0, h, w)
+    return np.where(counts == 0, 0, np.where(counts == h * w, 2, 1)).astype(np.uint8)
+
+
+def _class_rows(m: int, whole: int) -> tuple[np.ndarray, np.ndarray]:
+    """Representative tile ``(I, J)`` of every class ``(I mod m, K = I - J)`` of the whole tiles.
+
+    Returns the representatives' ``I`` and ``K``, each ``(m, 2 * whole - 1)``; ``K`` runs from
+    ``-(whole - 1)`` to ``whole - 1``. ``I`` is the smallest index ``>= max(K, 0)`` of its residue.
+    """
+    k = np.arange(-(whole - 1), whole)[None, :]
+    residue = np.arange(m)[:, None]
+    low = np.maximum(k, 0)
+    return low + (residue - low) % m, np.broadcast_to(k, (m, k.size))
+
+
+def _periodic_layout(p: Pattern, n: int, b: int, m: int) -> np.ndarray:
+    """Block layout (``uint8``) of a shift-invariant pattern from one representative tile per class.
+
+    Whole tiles ``(I, J)`` and ``(I', J')`` have the same status when ``I - J == I' - J'`` and
+    ``I == I' (mod m)``. Row ``I`` of the layout is then a reversed slice of the class row
+    ``I mod m``: no ``(nb, nb)`` index arrays, one uint8 byte per tile.
+    """
+    nb, whole = -(-n // b), n // b
+    layout = np.empty((nb, nb), dtype=np.uint8)
+    if whole:
+        rep_i, k = _class_rows(m, whole)
+        classes = _rect_status(p.predicate, rep_i * b, (rep_i - k) * b, b, b).reshape(m, 2 * whole - 1)
+        # Row I, columns J = 0..whole-1 are the classes K = I .. I - whole + 1: a reversed window.
+        flipped = classes[:, ::-1]  # column c holds K = whole - 1 - c
+        for r in range(m):
+            rows = np.arange(r, whole, m)
+            if not rows.size:
+                continue
+            # Row I needs flipped[r, whole - 1 - I : 2 * whole - 1 - I].
+            base = np.ascontiguousarray(flipped[r])
+            windows = np.lib.stride_tricks.sliding_window_view(base, whole)
+            layout[rows, :whole] = windows[whole - 1 - rows]
+    if nb > whole:  # clipped last row and column of tiles
+        edge = _tile_counts(p.predicate, n, b, np.full(nb, nb - 1), np.arange(nb))
+        layout[nb - 1, :] = _status(edge[None, :], n, b)[-1]
+        edge = _tile_counts(p.predicate, n, b, np.arange(nb), np.full(nb, nb - 1))
+        layout[:, nb - 1] = _status(edge[:, None], n, b)[:, -1]
+    return layout
+
+
+def _count_residue(lo: int, hi: int, r: int, m: int) -> int:
+    """How many integers ``x`` in ``[lo, hi)`` have ``x % m == r``."""
+    return max(0, (hi - 1 - r) // m - (lo - 1 - r) // m) if hi > lo else 0
+
+
+def _periodic_summary(p: Pattern, n: int, b: int) -> tuple[int, int, int] | None:
+    """``(empty, partial, full)`` tiles of a periodic pattern whose far rule is known, in closed form.
+
+    A whole tile's status depends on its class ``(I mod m, K = I - J)`` (shift invariance). Once a
+    tile diagonal ``K`` lies beyond the pattern's far reach, moving it by ``m2`` tiles (``m2 * b`` a
+    multiple of the period and the far shift) keeps the status, and the number of tiles of a class on
+    the diagonals ``K0, K0 + m2, ...`` is an arithmetic series. So only the diagonals near the main
+    one and one run of ``m2`` far diagonals on each side are evaluated, each from one representative
+    tile per residue; the clipped last tile row and column (when ``b`` does not divide ``n``) are
+    handled the same way along their length. Work and memory are ``O(m * (reach / b + m2) * b * b)``,
+    independent of ``n``.
+    """
+    m = _period_tiles(p, b)
+    far = p._far()
+    if m is None or far is None:
+        return None
+    reach, shift = far
+    m2 = math.lcm(p.period, shift, b) // b
+    near = -(-(max(reach, 0) + b - 1) // b)  # diagonals K with |K| >= near are entirely far
+    if m * (2 * near + 2 * m2 + 2) * b * b > _CLOSED_CELLS:
+        return None
+    whole, height = n // b, n - (n // b) * b
+    tally = [0, 0, 0]
+
+    def add(status: np.ndarray, count: np.ndarray) -> None:
+        for code in range(3):
+            tally[code] += int(np.sum(np.where(status == code, count, 0).astype(object)))
+
+    if whole:
+        # Diagonals evaluated: the near ones, then m2 far ones on each side (tails by series).
+        reps_i, reps_j, counts = [], [], []
+        for k in range(-(near + m2 - 1), near + m2):
+            if not -whole < k < whole:
+                continue
+            lo, hi = max(0, k), min(whole, whole + k)
+            terms = (whole - 1 - abs(k)) // m2 + 1 if abs(k) >= near else 1
+            for r in range(m):
+                # A far diagonal stands for k, k + m2, ... (away from 0): m2 / m fewer tiles each time.
+                first = _count_residue(lo, hi, r, m)
+                count = terms * first - (m2 // m) * terms * (terms - 1) // 2
+                if count:
+                    i = lo + (r - lo) % m
+                    reps_i.append(i * b)
+                    reps_j.append((i - k) * b)
+                    counts.append(count)
+        if counts:
+            add(_rect_status(p.predicate, reps_i, reps_j, b, b), np.array(counts, dtype=object))
+    if height:
+        last = whole * b
+        for side in (1, -1):  # last tile row (K = whole - J > 0), then last tile column (K < 0)
+            ks = [k for k in range(1, near + m2) if k <= whole]
+            if not ks:
+                continue
+            ks_arr = np.array(ks)
+            if side == 1:
+                status = _rect_status(p.predicate, np.full(len(ks), last), (whole - ks_arr) * b, height, b)
+            else:
+                status = _rect_status(p.predicate, (whole - ks_arr) * b, np.full(len(ks), last), b, height)
+            counts = [1 if k < near else (whole - k) // m2 + 1 for k in ks]
+            add(status, np.array(counts, dtype=object))
+        add(_rect_status(p.predicate, [last], [last], height, height), np.array([1], dtype=object))
+    return tally[0], tally[1], tally[2]
+
+
 def _periodic_block_counts(p: Pattern, n: int, b: int, m: int) -> np.ndarray:
     """Block counts of a shift-invariant pattern from one representative tile per class.
 
@@ -493,6 +772,12 @@ class Union(Pattern):
 
     def predicate(self, q, kv):
         return reduce(lambda a, b: a | b, (p.predicate(q, kv) for p in self.parts))
+
+    def _far(self) -> tuple[int, int] | None:
+        fars = [p._far() for p in self.parts]
+        if any(f is None for f in fars):
+            return None
+        return max(f[0] for f in fars), reduce(math.lcm, (f[1] for f in fars))
 
     def code(self, q, kv):
         best = None
@@ -654,6 +939,17 @@ class Complement(Pattern):
 
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         return _block_areas(n, b) - self.inner._block_counts(n, b)
+
+    def _nnz_closed(self, n: int) -> int | None:
+        inner = self.inner._nnz_closed(n)
+        return None if inner is None else n * n - inner
+
+    def _far(self) -> tuple[int, int] | None:
+        return self.inner._far()
+
+    def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int] | None:
+        inner = self.inner._block_summary_closed(n, b)
+        return None if inner is None else (inner[2], inner[1], inner[0])  # empty and full swap
 
     def _row_counts(self, n: int) -> np.ndarray:
         return n - self.inner._row_counts(n)

@@ -22,6 +22,12 @@ class Causal(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         return np.arange(1, n + 1, dtype=np.int64)
 
+    def _nnz_closed(self, n: int) -> int:
+        return n * (n + 1) // 2
+
+    def _far(self) -> tuple[int, int]:
+        return 1, 1  # below the diagonal everything, above nothing
+
 
 def causal() -> Pattern:
     """Causal attention, the seed's "normal" mask: query ``i`` attends to every ``j <= i``.

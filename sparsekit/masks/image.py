@@ -42,6 +42,13 @@ class Axial(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         return np.full(n, self.height + self.width - 1, dtype=np.int64)
 
+    def _nnz_closed(self, n: int) -> int:
+        return n * (self.height + self.width - 1)
+
+    def _far(self) -> tuple[int, int]:
+        # A width or more apart: different grid rows, so only the grid column (d % width) decides.
+        return self.width, self.width
+
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         # Cells of tile (I, J) in the same grid row, plus the same grid column, minus both (i == j):
         # sums over grid rows (columns) of products of per-tile histograms, i.e. matrix products.

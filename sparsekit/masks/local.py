@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int
-from ..pattern import DIAGONAL, LOCAL, Pattern
+from ..pattern import DIAGONAL, LOCAL, Pattern, floor_sum
 
 
 def _band_counts(n: int, reach: int, step: int = 1) -> np.ndarray:
@@ -14,6 +14,29 @@ def _band_counts(n: int, reach: int, step: int = 1) -> np.ndarray:
     if reach < 0:
         return np.zeros(n, dtype=np.int64)
     return 1 + np.minimum(reach, i // step) + np.minimum(reach, (n - 1 - i) // step)
+
+
+def _min_sum(n: int, reach: int, step: int) -> int:
+    """``sum(min(reach, i // step) for i in range(n))`` in closed form (Python integers)."""
+    if n <= reach * step:
+        return floor_sum(n, step)
+    return floor_sum(reach * step, step) + (n - reach * step) * reach
+
+
+def band_nnz(n: int, reach: int, step: int = 1) -> int:
+    """Exact non-zeros of :func:`_band_counts`: ``n + 2 * sum(min(reach, i // step) for i < n)``."""
+    if reach < 0:
+        return 0
+    return n + 2 * _min_sum(n, reach, step)
+
+
+def band_rows_nnz(n: int, rows: int, reach: int) -> int:
+    """Cells of the band ``|i - j| <= reach`` (at length ``n``) in the first ``rows`` rows."""
+    if reach < 0 or rows <= 0:
+        return 0
+    # Row i holds 1 + min(reach, i) + min(reach, n - 1 - i); the last sum runs over n - rows .. n - 1.
+    right = _min_sum(n, reach, 1) - _min_sum(n - rows, reach, 1)
+    return rows + _min_sum(rows, reach, 1) + right
 
 
 class Band(Pattern):
@@ -33,6 +56,12 @@ class Band(Pattern):
 
     def _row_counts(self, n: int) -> np.ndarray:
         return _band_counts(n, self.half_width)
+
+    def _nnz_closed(self, n: int) -> int:
+        return band_nnz(n, self.half_width)
+
+    def _far(self) -> tuple[int, int]:
+        return max(self.half_width + 1, 1), 1  # nothing beyond the band
 
 
 class DilatedBand(Pattern):
@@ -55,6 +84,12 @@ class DilatedBand(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         return _band_counts(n, self.reach, self.dilation)
 
+    def _nnz_closed(self, n: int) -> int:
+        return band_nnz(n, self.reach, self.dilation)
+
+    def _far(self) -> tuple[int, int]:
+        return self.reach * self.dilation + 1, 1  # nothing beyond the farthest neighbour
+
 
 class BlockLocal(Pattern):
     """``i // block == j // block``: disjoint dense blocks on the diagonal."""
@@ -74,6 +109,13 @@ class BlockLocal(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         start = np.arange(n, dtype=np.int64) // self.block * self.block
         return np.minimum(self.block, n - start)
+
+    def _nnz_closed(self, n: int) -> int:
+        q, r = divmod(n, self.block)
+        return q * self.block * self.block + r * r
+
+    def _far(self) -> tuple[int, int]:
+        return self.block, 1  # a block or more apart: never the same block
 
 
 def sliding_window(window: int) -> Pattern:

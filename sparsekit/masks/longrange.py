@@ -9,7 +9,7 @@ import numpy as np
 
 from .._validate import check_int
 from ..pattern import GLOBAL, Pattern, Union, _is_torch
-from .local import sliding_window, window
+from .local import Band, band_nnz, band_rows_nnz, sliding_window, window
 
 
 # Torch tensors take elementwise routes in this module, not the numpy ``(row == x[..., None]).any(-1)``.
@@ -72,6 +72,29 @@ class GlobalTokens(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         flags = self._global_flags(n)
         return np.where(flags, n, np.count_nonzero(flags)).astype(np.int64)
+
+    def _count(self, n: int) -> int:
+        """Number of global tokens below ``n``."""
+        if self.width is not None:
+            return min(self.width, n)
+        return int(np.searchsorted(self.indices, n))
+
+    def _nnz_closed(self, n: int) -> int:
+        return n * n - (n - self._count(n)) ** 2  # every cell but those between two plain tokens
+
+    def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int]:
+        # A tile is empty unless its rows or columns hold a global token, and full when all its rows
+        # (or all its columns) are global tokens.
+        nb = -(-n // b)
+        if self.width is not None:
+            width = min(self.width, n)
+            touched, covered = -(-width // b), width // b + (width == n and n % b != 0)
+        else:
+            tiles, per_tile = np.unique(self.indices[self.indices < n] // b, return_counts=True)
+            size = np.minimum(b, n - tiles * b)
+            touched, covered = tiles.size, int(np.count_nonzero(per_tile == size))
+        empty, full = (nb - touched) ** 2, nb * nb - (nb - covered) ** 2
+        return empty, nb * nb - empty - full, full
 
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         flags = self._global_flags(n).astype(np.int64)
@@ -186,6 +209,9 @@ class Random(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         return np.full(n, self.nz_per_row, dtype=np.int64)
 
+    def _nnz_closed(self, n: int) -> int:
+        return n * self.nz_per_row  # distinct keys per row: no table needed
+
     def _listed_cells(self, n: int) -> np.ndarray:
         return (np.arange(n)[:, None] * n + self.table).ravel()
 
@@ -248,6 +274,16 @@ class Longformer(Union):
     """Longformer's union of a sliding window and global tokens."""
 
     family = "longformer"
+
+    def _nnz_closed(self, n: int) -> int | None:
+        band, glob = self.parts
+        if not isinstance(band, Band) or not isinstance(glob, GlobalTokens) or glob.width is None:
+            return None
+        # Band cells plus global cells minus the band cells in a global row or column; the band is
+        # symmetric, so its cells in the first g columns equal those in the first g rows.
+        g, h = min(glob.width, n), band.half_width
+        overlap = 2 * band_rows_nnz(n, g, h) - band_nnz(g, h)
+        return band_nnz(n, h) + glob._nnz_closed(n) - overlap
 
 
 def bigbird(

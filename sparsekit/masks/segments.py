@@ -11,6 +11,7 @@ so softmax is always defined (no row of ``-inf`` scores, no NaN in a dense refer
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -94,14 +95,20 @@ class ParaphraseFusion(Pattern):
         add("generated", 0, num_generated_tokens)
         self.layout = tuple(spans)
         self.length = pos
-        # start[t]: first key of token t's own causal run. Prefix and generated tokens see everything
-        # before them (start 0); a paraphrase or separator token sees its span from its start.
+        self._torch_tables: dict = {}
+
+    @functools.cached_property
+    def _start(self) -> np.ndarray:
+        """``start[t]``: first key of token ``t``'s own causal run, ``int64 (length,)``.
+
+        Prefix and generated tokens see everything before them (start 0); a paraphrase or separator
+        token sees its span from its start. Built on first use: the closed-form counts never need it.
+        """
         start = np.zeros(self.length, dtype=np.int64)
-        for span in spans:
+        for span in self.layout:
             if span.kind in ("paraphrase", "separator"):
                 start[span.start : span.stop] = span.start
-        self._start = start
-        self._torch_tables: dict = {}
+        return start
 
     # ------------------------------------------------------------------------------------------
     # Layout helpers
@@ -167,6 +174,15 @@ class ParaphraseFusion(Pattern):
         q = np.arange(n, dtype=np.int64)
         start = self._start[:n]
         return np.minimum(self.prefix_tokens, start) + q + 1 - start
+
+    def _nnz_closed(self, n: int) -> int:
+        # Row q allows min(prefix, start) + q + 1 - start keys: start is 0 in the prefix and the
+        # generated tokens (q + 1 keys), the span's start s >= prefix elsewhere (prefix + q + 1 - s).
+        total = n * (n + 1) // 2
+        for span in self.layout:
+            if span.kind in ("paraphrase", "separator"):
+                total += span.length * (self.prefix_tokens - span.start)
+        return total
 
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         # Keys of row q below c: F(q, c) = min(A, c) + min(q + 1, c) - min(start[q], c) with

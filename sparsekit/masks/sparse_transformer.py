@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int
-from ..pattern import DIAGONAL, GLOBAL, LOCAL, Pattern
+from ..pattern import DIAGONAL, GLOBAL, LOCAL, Pattern, floor_sum
 
 
 class Strided(Pattern):
@@ -33,6 +33,18 @@ class Strided(Pattern):
         w, s = self.window, self.stride
         return local + np.where(i >= w, i // s - (w - 1) // s, 0)
 
+    def _nnz_closed(self, n: int) -> int:
+        # Sum of the row counts above: the local part is min(i + 1, w); the strided part sums
+        # i // s - (w - 1) // s over the rows i in [w, n).
+        w, s = self.window, self.stride
+        local = n * (n + 1) // 2 if n <= w else w * (w + 1) // 2 + (n - w) * w
+        strided = floor_sum(n, s) - floor_sum(w, s) - (n - w) * ((w - 1) // s) if n > w else 0
+        return local + strided
+
+    def _far(self) -> tuple[int, int]:
+        # Past the window a key is taken when d % stride == 0: moving the query by stride keeps that.
+        return max(self.window, 1), self.stride
+
 
 class Fixed(Pattern):
     """Causal; the query's own block plus the last ``summary`` columns of every block."""
@@ -55,6 +67,17 @@ class Fixed(Pattern):
     def _row_counts(self, n: int) -> np.ndarray:
         i = np.arange(n, dtype=np.int64)
         return i % self.block + 1 + (i // self.block) * self.summary
+
+    def _nnz_closed(self, n: int) -> int:
+        # Sum over rows of (i % block) + 1 + (i // block) * summary.
+        b = self.block
+        q, r = divmod(n, b)
+        within = q * b * (b - 1) // 2 + r * (r - 1) // 2
+        return within + n + self.summary * floor_sum(n, b)
+
+    def _far(self) -> tuple[int, int]:
+        # A key a block or more before the query is taken by its column alone (the summary columns).
+        return self.block, 1
 
 
 def strided(window: int, stride: int) -> Pattern:
