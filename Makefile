@@ -45,9 +45,12 @@ book: venv
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "The book is in _build/html/index.html"
 
+# The workflow is checked offline against GitHub's workflow schema (check-jsonschema's vendored
+# copy); actionlint itself runs in the workflow, where it can download its binary.
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # SPARSEKIT_COMPILE_TESTS=1: also compile FlexAttention's C++ CPU kernel (the proof that the compiled
 # kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
@@ -56,13 +59,16 @@ unit: venv
 
 # The built book in a real browser (tests/browser): Debian's Chromium driven by Playwright's
 # Python package, pages served on 127.0.0.1. Run after `make book`; no browser is downloaded.
+# CHROMIUM=/path/to/chrome uses another Chromium build (the workflow uses the runner's Chrome).
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
 BROWSER_STAMP := $(VENV)/.browser-installed
 $(BROWSER_STAMP): tests/browser/requirements.txt $(STAMP)
 	$(BIN)/python -m pip install --disable-pip-version-check --no-input -q -r $<
 	touch $@
 
 browser: venv $(BROWSER_STAMP)
-	test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+	test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/python -m pytest tests/browser -q
 
 nbval: venv
