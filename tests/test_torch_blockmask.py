@@ -16,13 +16,17 @@ import warnings
 
 import numpy as np
 import pytest
+from test_segments import allowed_intervals
 
 import sparsekit as sk
 from sparsekit.masks.segments import paraphrase_fusion
 
-torch = pytest.importorskip("torch")
-flex = pytest.importorskip("torch.nn.attention.flex_attention")
-skt = pytest.importorskip("sparsekit.torch")
+torch = pytest.importorskip("torch")  # the one optional dependency; sparsekit.torch must import
+
+import torch.nn.attention.flex_attention as flex  # noqa: E402
+
+import sparsekit.torch as skt  # noqa: E402
+import sparsekit.torch.fusion as fz  # noqa: E402
 
 BLOCK = 16
 LENGTHS = (64, 100, 129)
@@ -137,19 +141,17 @@ def test_flex_attention_equals_dense_masked_attention(family):
 
 @pytest.fixture(scope="module")
 def compiled_flex():
-    """``torch.compile(flex_attention)`` on one thread, one compile worker, that never runs eagerly.
+    """sparsekit's compiled ``flex_attention`` (:func:`sparsekit.torch.fusion.flex_attention_fn` with
+    ``compile=True``) on one thread and one compile worker; it never runs eagerly.
 
-    Each family's ``mask_mod`` is a new closure, so each is a recompile: the limit is raised above the
-    number of families, and hitting it is an error instead of a silent eager fallback. ``dynamic=False``
-    keeps the patterns' integer parameters constants (as symbols, torch 2.13's CPU kernel does not
-    compile them).
+    Each family's ``mask_mod`` is a new graph: the 14 families are more than dynamo's default
+    ``recompile_limit`` (8), which sparsekit's regions per pattern must survive without raising it.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    limits = torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)
     try:
-        with limits, torch._inductor.config.patch(compile_threads=1):
-            yield torch.compile(flex.flex_attention, dynamic=False)
+        with torch._inductor.config.patch(compile_threads=1):
+            yield lambda q, k, v, block_mask: fz.flex_attention_fn(block_mask, compile=True)(q, k, v)
     finally:
         torch.set_num_threads(previous)
 
@@ -229,11 +231,25 @@ def test_block_mask_rejects_bad_arguments():
 
 
 def test_large_block_mask_is_built_from_tiles():
-    # n = 65536 at block 128: 512 x 512 tiles; create_block_mask would evaluate 4.3e9 cells.
-    n = 1 << 16
-    p = paraphrase_fusion(8, 8000, separator_tokens=4, prefix_tokens=1508, num_generated_tokens=0)
+    # n = 65536 at block 128: 512 x 512 tiles; create_block_mask would evaluate 4.3e9 cells. Reference:
+    # each tile's allowed cells from the two key intervals of each row (the layout, written out in
+    # test_segments), summed over the tile's rows: empty, full (128 * 128) or partial.
+    n, b = 1 << 16, 128
+    lengths, separator, prefix = [8000] * 8, 4, 1508
+    p = paraphrase_fusion(lengths=lengths, separator_tokens=separator, prefix_tokens=prefix)
     assert p.length == n
+    a, start, q = allowed_intervals(lengths, separator, prefix, 0)
+    lo, hi = np.arange(0, n, b), np.arange(b, n + 1, b)
+    counts = np.empty((n // b, n // b), dtype=np.int64)
+    for bi in range(n // b):
+        rows = slice(bi * b, bi * b + b)
+        overlap = np.clip(np.minimum(hi, a[rows, None]) - lo, 0, None)
+        overlap += np.clip(np.minimum(hi, q[rows, None] + 1) - np.maximum(lo, start[rows, None]), 0, None)
+        counts[bi] = overlap.sum(axis=0)
     bm = skt.block_mask(p, n)
-    counts = p.blocks(n, 128)
-    assert int(bm.kv_num_blocks.sum()) == int((counts == 1).sum())
-    assert int(bm.full_kv_num_blocks.sum()) == int((counts == 2).sum())
+    for name, chosen in (("", (counts > 0) & (counts < b * b)), ("full_", counts == b * b)):
+        num = getattr(bm, f"{name}kv_num_blocks")[0, 0].numpy()
+        np.testing.assert_array_equal(num, chosen.sum(axis=1))
+        indices = getattr(bm, f"{name}kv_indices")[0, 0].numpy()
+        for row in range(0, n // b, 7):
+            np.testing.assert_array_equal(np.sort(indices[row, : num[row]]), np.flatnonzero(chosen[row]))

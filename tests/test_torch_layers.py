@@ -9,6 +9,7 @@ within an absolute 1e-10 (float32: 1e-5 for the output). The maps are non-square
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import numpy as np
@@ -16,10 +17,11 @@ import pytest
 
 import sparsekit as sk
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torch.nn.attention.flex_attention")
-layers = pytest.importorskip("sparsekit.torch.layers")
-skt = pytest.importorskip("sparsekit.torch")
+torch = pytest.importorskip("torch")  # the one optional dependency; sparsekit.torch must import
+
+import sparsekit.torch as skt  # noqa: E402
+import sparsekit.torch.layers as layers  # noqa: E402
+
 F = torch.nn.functional
 
 BLOCK = 16
@@ -114,6 +116,24 @@ def test_output_and_gradients_equal_dense_reference(name, bias, shape):
     params = list(layer.parameters())
     ours = torch.autograd.grad((out * upstream).sum(), params)
     theirs = torch.autograd.grad((expected * upstream).sum(), params)
+    for (pname, _), a, b in zip(layer.named_parameters(), ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL64, msg=pname)
+
+
+def test_rows_of_full_tiles_need_no_mask():
+    # block_local(16) on an 8 x 8 map with 16-token tiles: every tile is full or empty, so every row of
+    # tiles takes the path without a cell mask; output and gradients still equal dense attention.
+    layer = make_layer("block", True, block=16)
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    pattern = layer.pattern_at(8, 8)
+    layout = layers._build_layout(pattern, 8, 8, BLOCK, False, torch.device("cpu"))
+    assert layout.tiles and all(tile.mask is None for tile in layout.tiles)
+    out = layer(x)
+    expected, _ = reference(layer, x, pattern.dense(64))
+    torch.testing.assert_close(out, expected, rtol=0, atol=TOL64)
+    params = list(layer.parameters())
+    ours = torch.autograd.grad(out.square().sum(), params)
+    theirs = torch.autograd.grad(expected.square().sum(), params)
     for (pname, _), a, b in zip(layer.named_parameters(), ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=TOL64, msg=pname)
 
@@ -304,14 +324,18 @@ def test_classifier_loss_falls_and_training_is_deterministic():
     assert run(3) == losses[:3]
 
 
-def test_measure_layer_reports_measured_values():
-    result = layers.measure_layer("block", 4, 8, channels=8, heads=2, repeats=1, block=8, block_size=16)
-    p = sk.block_local(8)
-    assert result["tokens"] == 32 and result["sparsity"] == p.sparsity(32)
-    assert result["empty_tiles"] == p.block_sparsity(32, 16)
+def test_measure_layer_reports_measured_values(monkeypatch):
+    # A clock that advances 2**-7 s per reading: every timed call lasts exactly that long, so the
+    # reported times are the clock's (the median of the repeats), whatever this machine is doing.
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(layers, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) / 128))
+    result = layers.measure_layer("block", 4, 8, channels=8, heads=2, repeats=3, block=8, block_size=16)
+    # block_local(8) on 32 tokens: four dense 8 x 8 diagonal blocks; at 16-token tiles, 2 of 4 empty.
+    assert result["tokens"] == 32 and result["sparsity"] == 1 - 4 * 8 * 8 / 32**2
+    assert result["empty_tiles"] == 2 / 4
     for side in ("sparse", "dense"):
         for what in ("forward_s", "train_s"):
-            assert result[f"{side}_{what}"] > 0
+            assert result[f"{side}_{what}"] == 1 / 128
         for what in ("forward_bytes", "train_bytes"):  # at least the output, 1 x 8 x 4 x 8 float32
             assert isinstance(result[f"{side}_{what}"], int) and result[f"{side}_{what}"] >= 32 * 8 * 4
     table = layers.format_measurements([result]).splitlines()

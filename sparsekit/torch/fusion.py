@@ -202,9 +202,9 @@ class Spans:
 class Prompt(NamedTuple):
     """What :func:`build_prompt` returns: ``ids, pattern, spans = build_prompt(...)``."""
 
-    ids: torch.Tensor
-    pattern: ParaphraseFusion
-    spans: Spans
+    ids: torch.Tensor  #: The token ids of the prompt, ``int64 (prompt length,)``.
+    pattern: ParaphraseFusion  #: Its paraphrase-fusion mask, generated tokens included.
+    spans: Spans  #: Where the question, each paraphrase and the generated tokens lie.
 
 
 def build_prompt(
@@ -312,14 +312,36 @@ def masked_sdpa_fn(mask: np.ndarray | torch.Tensor) -> AttentionFn:
     return masked_sdpa
 
 
-_compiled_flex: list = []
+def _flex_call(q, k, v, block_mask, **options):
+    """``flex_attention`` as sparsekit compiles it: a code object of its own, so that dropping
+    sparsekit's compiled graphs never touches a caller's ``torch.compile(flex_attention)``."""
+    return flex_attention(q, k, v, block_mask=block_mask, **options)
 
 
-def _compiled_flex_attention() -> Callable:
-    """One ``torch.compile(flex_attention)`` per process; it recompiles per new shape."""
-    if not _compiled_flex:
-        _compiled_flex.append(torch.compile(flex_attention, dynamic=False))
-    return _compiled_flex[0]
+# Compiled regions by (pattern name, lengths, tile size); see _compiled_flex_attention.
+_compiled_regions: dict = {}
+
+
+def _compiled_flex_attention(mask: BlockMask) -> Callable:
+    """``torch.compile(flex_attention, dynamic=False)`` for ``mask``, in a recompile region of its own.
+
+    Each pattern is a new graph of the one compiled function: in a single cache the 9th pattern of a
+    process would hit dynamo's ``recompile_limit`` (8). Here each pattern (its name, lengths and tile
+    size) gets its own region (``isolate_recompiles=True``), so only its own shapes count against that
+    limit. All regions share ``accumulated_recompile_limit``; keeping at most ``accumulated //
+    recompile_limit`` regions, and dropping every compiled graph of :func:`_flex_call` when one more
+    is needed, keeps the cache bounded and under that cap (a dropped graph recompiles from inductor's
+    on-disk cache in about a second).
+    """
+    pattern = getattr(mask.mask_mod, "pattern", None)
+    key = (mask.mask_mod if pattern is None else pattern.name, mask.seq_lengths, mask.BLOCK_SIZE)
+    if key not in _compiled_regions:
+        config = torch._dynamo.config
+        if len(_compiled_regions) + 1 > config.accumulated_recompile_limit // config.recompile_limit:
+            torch._dynamo.reset_code(_flex_call.__code__)
+            _compiled_regions.clear()
+        _compiled_regions[key] = torch.compile(_flex_call, dynamic=False, isolate_recompiles=True)
+    return _compiled_regions[key]
 
 
 def flex_attention_fn(mask: BlockMask, compile: bool = False) -> AttentionFn:
@@ -328,14 +350,14 @@ def flex_attention_fn(mask: BlockMask, compile: bool = False) -> AttentionFn:
     Eager (``compile=False``) runs PyTorch's unfused reference, which evaluates the ``mask_mod`` on
     every cell; its one-time "called without torch.compile" warning is silenced here because that path
     is chosen on purpose. ``compile=True`` uses ``torch.compile(flex_attention)`` (C++ kernel on the
-    CPU, compiled once per shape: seconds). Dynamo compiles at most ``recompile_limit`` (8) shapes per
-    process; past it the call raises ``FailOnRecompileLimitHit`` instead of falling back to eager.
+    CPU, compiled once per shape: seconds), in a recompile region per pattern, so a process may
+    compile any number of patterns. Dynamo compiles at most ``recompile_limit`` (8) shapes per pattern;
+    past it the call raises ``FailOnRecompileLimitHit`` instead of falling back to eager.
     """
     if not isinstance(mask, BlockMask):
         raise ValueError(f"mask must be a FlexAttention BlockMask, got {type(mask).__name__}")
     if not isinstance(compile, bool):
         raise ValueError(f"compile must be True or False, got {compile!r}")
-    attend = _compiled_flex_attention() if compile else flex_attention
 
     def flex(q, k, v):
         # Past torch._dynamo.config.recompile_limit (8) shapes, a compiled function silently runs
@@ -343,6 +365,7 @@ def flex_attention_fn(mask: BlockMask, compile: bool = False) -> AttentionFn:
         strict = torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
         with warnings.catch_warnings(), strict if compile else contextlib.nullcontext():
             warnings.filterwarnings("ignore", message=_EAGER_WARNING)
+            attend = _compiled_flex_attention(mask) if compile else flex_attention
             return attend(q, k, v, block_mask=mask)
 
     flex.block_mask = mask
