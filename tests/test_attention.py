@@ -350,6 +350,29 @@ def test_precomputed_layout_gives_the_same_result():
     np.testing.assert_array_equal(block_sparse_attention(q, k, v, pattern, block, layout=layout), expected)
 
 
+def test_the_given_layout_is_the_one_used():
+    # A layout that is not the pattern's: tiles declared empty are skipped, a partial tile declared full
+    # is taken whole. The reference applies exactly that to the brute-force mask, so a kernel that ignored
+    # layout= (and recomputed the pattern's own) would fail.
+    n, block = 77, 16
+    pattern, mask = allowed_cells("bigbird", n)
+    layout = pattern.blocks(n, block)
+    partial, nonempty = np.argwhere(layout == 1), np.argwhere(layout > 0)
+    assert len(partial) > 2 and len(nonempty) > 4
+    changed = layout.copy()
+    cut = [tuple(t) for t in nonempty[::3]]
+    for bi, bj in cut:
+        changed[bi, bj] = 0
+    whole = next(tuple(t) for t in partial if tuple(t) not in cut)
+    changed[whole] = 2
+    allowed = mask.copy()
+    for (bi, bj), keep in [*((t, False) for t in cut), (whole, True)]:
+        allowed[bi * block : (bi + 1) * block, bj * block : (bj + 1) * block] = keep
+    q, k, v = inputs(n, np.float64, seed=9)
+    got = block_sparse_attention(q, k, v, pattern, block, layout=changed)
+    assert_matches(got, reference(q, k, v, allowed), np.float64)
+
+
 # --------------------------------------------------------------------------------------------------
 # masked_scores
 # --------------------------------------------------------------------------------------------------
