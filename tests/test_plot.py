@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from reference import brute_force_labels, family_labels  # noqa: E402
 
 import sparsekit as sk  # noqa: E402
 from sparsekit import plot as skp  # noqa: E402
@@ -25,12 +26,23 @@ def test_plot_mask_draws_the_labels_and_states_the_exact_sparsity():
 
 
 def test_helpers_draw_on_a_given_axes_and_return_its_figure():
+    # What each draws, against brute-force labels and tile densities (tests/reference.py).
+    causal = brute_force_labels(family_labels("causal"), 16)
+    fixed = brute_force_labels(family_labels("fixed", block=4, summary=1), 64)
     fig, ax = plt.subplots()
     assert skp.plot_mask(sk.causal(), 8, ax=ax) is fig
+    np.testing.assert_array_equal(ax.images[0].get_array(), causal[:8, :8])
     fig2, ax2 = plt.subplots()
     assert skp.plot_smart(sk.fixed(4), 64, max_display=8, ax=ax2) is fig2
+    density = (fixed > 0).reshape(8, 8, 8, 8).mean(axis=(1, 3))  # 8 x 8 tiles of 8 x 8 cells
+    shown = ax2.images[0].get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(shown), density == 0)
+    np.testing.assert_allclose(shown.filled(0), density, rtol=0, atol=1e-15)
     fig3, axes = plt.subplots(1, 2)
     assert skp.plot_comparison([sk.causal(), sk.fixed(4)], 16, axes=axes) is fig3
+    np.testing.assert_array_equal(axes[0].images[0].get_array(), causal)
+    fixed16 = brute_force_labels(family_labels("fixed", block=4, summary=1), 16)
+    np.testing.assert_array_equal(axes[1].images[0].get_array(), fixed16)
     plt.close("all")
 
 
