@@ -19,9 +19,9 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 class Stage(NamedTuple):
     """One box of the flowchart: a title, a line of detail and a category that picks its colour."""
 
-    title: str
-    detail: str
-    category: str
+    title: str  #: The box's first line, in bold.
+    detail: str  #: The line of detail under the title (the sparsekit call that does the stage).
+    category: str  #: One of :data:`CATEGORIES`; picks the box colour ``color_<category>``.
 
 
 #: Stage categories, each coloured by the config key ``color_<category>``.

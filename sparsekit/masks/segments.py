@@ -30,10 +30,10 @@ class Segment(NamedTuple):
     ``index`` numbers the spans of one kind from 0 (paraphrase 0, 1, ...; separator 0, 1, ...).
     """
 
-    kind: str
-    index: int
-    start: int
-    stop: int
+    kind: str  #: Kind of span, one of prefix, paraphrase, separator or generated.
+    index: int  #: Number of the span among those of its kind, from 0.
+    start: int  #: First token of the span.
+    stop: int  #: One past the last token of the span.
 
     @property
     def length(self) -> int:
