@@ -31,7 +31,7 @@ from .pattern import (
     Pattern,
     set_memory_budget,
 )
-from .stack import layer_schedule, layers_to_reach, receptive_field
+from .stack import layer_schedule, layers_to_reach, receptive_field, receptive_fields
 
 __version__ = "0.1.0"
 
@@ -74,6 +74,7 @@ __all__ = [
     "quest_scores",
     "random",
     "receptive_field",
+    "receptive_fields",
     "set_memory_budget",
     "sliding_window",
     "strided",

@@ -9,7 +9,7 @@ every query reaches every earlier token.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -45,6 +45,21 @@ def _compose(reach: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (mask.astype(np.float32) @ reach.astype(np.float32)) > 0
 
 
+def receptive_fields(patterns: Sequence[Pattern], n: int) -> Iterator[np.ndarray]:
+    """The receptive field after each layer of ``patterns`` in turn: layer 1, layers 1-2, and so on.
+
+    Each field is :func:`receptive_field` of the leading layers, computed from the previous one with
+    one more product.
+    """
+    layers = _check_patterns(patterns)
+    n = check_size(n)
+    reach = None
+    for p in layers:
+        mask = p.dense(n)
+        reach = mask if reach is None else _compose(reach, mask)
+        yield reach
+
+
 def receptive_field(patterns: Sequence[Pattern], n: int) -> np.ndarray:
     """Which keys each query reaches through the layers ``patterns`` (layer 1 first), bool ``(n, n)``.
 
@@ -59,13 +74,16 @@ def receptive_field(patterns: Sequence[Pattern], n: int) -> np.ndarray:
         The layers' masks, the first layer first.
     n : int
         Sequence length; each layer's dense mask is built, so ``n`` of a few thousand at most.
+
+    Examples
+    --------
+    >>> import sparsekit as sk
+    >>> field = sk.receptive_field([sk.causal_window(3)] * 2, 8)
+    >>> field[7].nonzero()[0].tolist()  # two windows of 3 keys reach 5 keys back
+    [3, 4, 5, 6, 7]
     """
-    layers = _check_patterns(patterns)
-    n = check_size(n)
-    reach = layers[0].dense(n)
-    for p in layers[1:]:
-        reach = _compose(reach, p.dense(n))
-    return reach
+    *_, last = receptive_fields(patterns, n)
+    return last
 
 
 def layers_to_reach(patterns: Sequence[Pattern], n: int, target: Pattern | None = None) -> int | None:
@@ -80,13 +98,8 @@ def layers_to_reach(patterns: Sequence[Pattern], n: int, target: Pattern | None 
     target : Pattern, optional
         The cells to reach; causal attention by default (every query reaches every earlier key).
     """
-    layers = _check_patterns(patterns)
-    n = check_size(n)
-    goal = (causal() if target is None else target).dense(n)
-    reach = None
-    for depth, p in enumerate(layers, start=1):
-        mask = p.dense(n)
-        reach = mask if reach is None else _compose(reach, mask)
+    goal = (causal() if target is None else target).dense(check_size(n))
+    for depth, reach in enumerate(receptive_fields(patterns, n), start=1):
         if not (goal & ~reach).any():
             return depth
     return None

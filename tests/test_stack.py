@@ -85,3 +85,11 @@ def test_layer_schedules():
 def test_bad_input_names_the_parameter(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_receptive_fields_after_each_layer():
+    layers = [sk.causal_window(3), sk.chunked(5), sk.strided(2, 4)]
+    fields = list(sk.receptive_fields(layers, 20))
+    assert len(fields) == 3
+    for depth, field in enumerate(fields, start=1):
+        np.testing.assert_array_equal(field, reachable([p.dense(20) for p in layers[:depth]]))
