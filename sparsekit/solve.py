@@ -740,7 +740,7 @@ def _split_deviation(areas: Sequence[int], goal: Fraction, shares: Sequence[Frac
 
 
 #: Longest length at which :func:`bigbird_exact` enumerates every parameter triple.
-ENUMERATE_MAX_N = 160
+ENUMERATE_MAX_N = 256
 
 
 def _suffix_counts(dist: np.ndarray, first: np.ndarray, n: int) -> np.ndarray:
@@ -826,8 +826,8 @@ def bigbird_exact(
     optimum: ``optimal=True``, ``method="enumeration"``. Above it the band and the globals are
     solved for their shares, the random part fills what is left (estimated from the free cells
     per row, then walked along exact counts), and a local search moves the three integers (one
-    step each, several at once) while the rank improves; a second search starts from the
-    product rule (:func:`bigbird_product_rule`), and the better end wins: a local optimum,
+    step each, several at once) while that brings the mask closer (or, as close, sparser): a
+    local optimum,
     ``optimal=False``, ``method="local search"``. Every target in ``[0, 1]`` is reachable up to
     the integer steps, so nothing is clamped.
 
@@ -862,7 +862,7 @@ def bigbird_exact(
     w = solve_window(n, 1 - fw * density).params["diagonal_width"] if fw > 0 else 0
     g = solve_global(n, 1 - fg * density).params["width"] if fg > 0 else 0
 
-    randoms: dict[int, tuple[Pattern, np.ndarray, np.ndarray]] = {}
+    randoms: dict[int, Pattern] = {}
     bases: dict[tuple[int, int], int] = {}
     counts: dict[tuple[int, int, int], int] = {}
     query = np.arange(n, dtype=np.int64)[:, None]
@@ -874,13 +874,16 @@ def bigbird_exact(
         key = (k, w, g)
         if key not in counts:
             if k not in randoms:
-                part = random(k, seed, size=n)
-                randoms[k] = (part, np.abs(query - part.table), np.minimum(query, part.table))
+                # Keep the draws within about 256 MiB (an n x k table each), oldest out first.
+                while randoms and 8 * n * (k + sum(randoms)) > 1 << 28:
+                    del randoms[next(iter(randoms))]
+                randoms[k] = random(k, seed, size=n)
             if (w, g) not in bases:
                 bases[(w, g)] = (window(w) | global_tokens(g)).nnz(n)
-            _, distance, first = randoms[k]
+            table = randoms[k].table
             half = w // 2 if w > 0 else -1
-            counts[key] = bases[(w, g)] + int(np.count_nonzero((distance > half) & (first >= g)))
+            outside = (np.abs(query - table) > half) & (np.minimum(query, table) >= g)
+            counts[key] = bases[(w, g)] + int(np.count_nonzero(outside))
         return counts[key]
 
     def rank(c: tuple[int, int, int]) -> tuple:
@@ -921,21 +924,20 @@ def bigbird_exact(
                 if 0 <= kk <= n and 0 <= ww <= 2 * n - 1 and 0 <= gg <= n:
                     neighbours.append((kk, ww, gg))
             best = min(neighbours, key=rank, default=current)
-            # Move only for a closer mask (or, as close, one that follows the split better): equal
-            # masks with smaller parameters would walk a long plateau (at sparsity 0 every part can shrink).
-            if rank(best)[:2] >= rank(current)[:2]:
+            # Move only for a closer (or, as close, sparser) mask: equal masks that follow the split
+            # better would walk a long plateau (at sparsity 0 every part can shrink).
+            (d_best, _, nnz_best, _), (d_now, _, nnz_now, _) = rank(best), rank(current)
+            if (d_best, nnz_best) >= (d_now, nnz_now):
                 break
             current = best
         return current
 
-    # Two starts: the split's shares of the density, and the product rule; the better end wins.
-    product_start = _solve_parts(n, product_rule_split(sparsity, split), seed)
-    k, w, g = min(descend((k, w, g)), descend(product_start), key=rank)
+    k, w, g = descend((k, w, g))
     # The chosen mask counted by sparsekit's union engine: the same parts as sk.bigbird(k, w, g, seed,
     # size=n), with the random part already drawn.
     params = {"nz_per_row": k, "diagonal_width": w, "global_width": g, "seed": seed}
     nnz = BigBird(
-        randoms[k][0] if k in randoms else random(k, seed, size=n), window(w), global_tokens(g), **params
+        randoms[k] if k in randoms else random(k, seed, size=n), window(w), global_tokens(g), **params
     ).nnz(n)
     if nnz != count(k, w, g):
         raise AssertionError(f"bigbird union count {nnz} != search count {count(k, w, g)}")
