@@ -19,7 +19,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # Quiet the debugger's note about frozen modules that new kernels print on start-up.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book lint unit nbval browser test notebooks clean distclean
+.PHONY: help venv book lint unit nbval browser test notebooks mutants clean distclean
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
@@ -29,6 +29,7 @@ help:
 	@echo "make nbval      pytest --nbval on every notebook (committed outputs must reproduce)"
 	@echo "make browser    check the built book in Chromium (installs Debian's chromium if missing)"
 	@echo "make notebooks  re-execute every notebook in place and save its outputs"
+	@echo "make mutants    plant faults in a copy of sparsekit and check the unit tests catch each"
 	@echo "make clean      remove _build and runs;  make distclean  also removes .venv"
 
 venv: $(STAMP)
@@ -56,6 +57,12 @@ lint: venv
 # kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
 unit: venv
 	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser
+
+# By hand, not part of `make test`: plant each fault of tests/mutants.py in a copy of the package and
+# run the unit suite on it (-x, a time limit per test); prints which test caught each fault and when.
+# MUTANTS_ARGS="--ref HEAD -k strided" checks the last commit, only the faults named "strided".
+mutants: venv
+	$(BIN)/python tests/mutants.py $(MUTANTS_ARGS)
 
 # The built book in a real browser (tests/browser): Debian's Chromium driven by Playwright's
 # Python package, pages served on 127.0.0.1. Run after `make book`; no browser is downloaded.
