@@ -8,6 +8,8 @@ Author-year bibliography labels
     formatting style ``author_year`` (``bibtex_default_style``) labels them like the citations that
     link to them: "Child et al., 2019", "Beltagy and Peters, 2020" (two authors), with "a", "b"
     appended when two entries would share a label; entries stay sorted by author, year and title.
+    Each entry is marked as an item of the bibliography's list (``role="listitem"``), which docutils'
+    deprecated ``doc-biblioentry`` role is not for screen readers.
 
 Launch and repository buttons that follow one setting, ``repository.url``
     sphinx-book-theme draws a Binder or Colab button on every notebook page as soon as
@@ -85,9 +87,19 @@ def _follow_repository_url(app, config) -> None:
     config.html_theme_options = options
 
 
+def _bibliography_list_items(app, pagename, templatename, context, doctree) -> None:
+    # docutils marks each entry role="doc-biblioentry", a role ARIA 1.3 deprecated, inside a
+    # role="list": screen readers (and axe-core's aria-required-children) then find a list with no
+    # items. The entries are list items.
+    body = context.get("body")
+    if body and 'role="doc-biblioentry"' in body:
+        context["body"] = body.replace('role="doc-biblioentry"', 'role="listitem"')
+
+
 def setup(app):
     register_plugin("pybtex.style.labels", NAME, AuthorYearLabels)
     register_plugin("pybtex.style.formatting", NAME, AuthorYearStyle)
     # Before sphinx-book-theme reads the options (builder-inited) and before any page is written.
     app.connect("config-inited", _follow_repository_url, priority=100)
+    app.connect("html-page-context", _bibliography_list_items)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -316,7 +316,9 @@ def jshtml(anim, alt: str, default_mode: str = "once", dpi: int = 110):
     >>> import matplotlib.pyplot as plt
     >>> from matplotlib.animation import FuncAnimation
     >>> fig, ax = plt.subplots(figsize=(3, 3), layout="constrained")
-    >>> anim = FuncAnimation(fig, lambda k: ax.set_title(f"frame {k}"), frames=2)
+    >>> def draw(k):
+    ...     ax.set_title(f"frame {k}")
+    >>> anim = FuncAnimation(fig, draw, frames=2)
     >>> html = jshtml(anim, alt="Two frames, each titled with its number")
     >>> plt.close(fig)
     """
@@ -327,7 +329,9 @@ def jshtml(anim, alt: str, default_mode: str = "once", dpi: int = 110):
     dpi = check_int("dpi", dpi, low=20, high=600)
     with plt.rc_context({"savefig.dpi": dpi}):
         page = anim.to_jshtml(default_mode=default_mode)
-    return HTML(page.replace("<img id=", f'<img alt="{escape(alt)}" id=', 1))
+    page = page.replace("<img id=", f'<img alt="{escape(alt)}" id=', 1)
+    # The frame slider needs a name for screen readers (axe-core: "Form elements must have labels").
+    return HTML(page.replace('class="anim-slider"', 'class="anim-slider" aria-label="Frame"', 1))
 
 
 def animate(
@@ -348,7 +352,8 @@ def animate(
     --------
     >>> import sparsekit as sk
     >>> frames = [sk.strided(w, w) for w in (4, 8)]
-    >>> slider = animate(frames, 64, alt="Strided masks at n = 64 for windows 4 and 8")
+    >>> alt = "Strided masks at n = 64 for windows 4 and 8"
+    >>> slider = animate(frames, 64, alt=alt)
     """
     from matplotlib.animation import FuncAnimation
 

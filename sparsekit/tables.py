@@ -28,7 +28,7 @@ def markdown_text(
     ----------
     headers : sequence of str
         Column titles.
-    rows : sequence of sequences
+    rows : sequence of sequence
         One sequence of values per row, as many values as ``headers``.
     formats : sequence of str, optional
         A format spec per column (such as ``",d"`` or ``".2%"``); ``""`` leaves a value as ``str``.

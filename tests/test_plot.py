@@ -73,6 +73,7 @@ def test_bad_plot_arguments():
 def test_static_slider_frames_have_alt_text():
     html = skp.animate([sk.causal(), sk.fixed(4)], 16, alt="two masks").data
     assert '<img alt="two masks" id="_anim_img' in html
+    assert 'class="anim-slider" aria-label="Frame"' in html
 
 
 def test_layout_text_draws_the_block_codes():
