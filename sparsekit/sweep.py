@@ -34,11 +34,14 @@ import csv
 import itertools
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import signal
 import sys
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ from ._io import atomic_write
 __all__ = [
     "RECORD_TAG",
     "SweepError",
+    "SweepInterrupted",
     "add_parser",
     "collect_records",
     "main",
@@ -66,6 +70,18 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 
 class SweepError(ValueError):
     """A sweep that cannot start: missing notebook, malformed grid, unknown parameter."""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the sweep; the summary of the runs that finished was written."""
+
+    def __init__(self, csv_path: Path, finished: int, total: int) -> None:
+        super().__init__(f"interrupted: {finished} of {total} runs finished, summary in {csv_path}")
+        self.csv_path, self.finished, self.total = csv_path, finished, total
+
+
+#: Default wall-clock limit of one run, in seconds (a chapter normally runs in well under a minute).
+DEFAULT_RUN_TIMEOUT = 1800.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +301,61 @@ def _run_one(
     return result
 
 
+def _worker(conn: Any, args: tuple) -> None:
+    """Entry point of a run's process: run it and send the result back through ``conn``.
+
+    Ctrl-C is the parent's to handle (it stops every run and kills its kernel), so the run itself
+    ignores SIGINT instead of dying half-way through writing its notebook.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send(_run_one(*args))
+    conn.close()
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a run's process and everything it started (its Jupyter kernel runs in its own session)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
+
+
+class _Progress:
+    """One progress line per finished run on stderr; redrawn in place on a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.start = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        text = f"sweep: {self.done}/{self.total} done, {self.failed} failed, {elapsed:.0f} s elapsed"
+        if 0 < self.done < self.total:
+            text += f", about {elapsed / self.done * (self.total - self.done):.0f} s left"
+        return text
+
+    def report(self, message: str) -> None:
+        """Print a run's outcome, then the progress line."""
+        if self.tty:
+            print(f"\r\033[K{message}\n{self.line()}", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"{message}\n{self.line()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Writing the results
 
@@ -386,6 +457,7 @@ def run_sweep(
     jobs: int | None = None,
     kernel_name: str = "python3",
     timeout: float = 600,
+    run_timeout: float = DEFAULT_RUN_TIMEOUT,
 ) -> Path:
     """Run ``notebook`` once per point of ``grid`` with papermill and collect the results.
 
@@ -404,6 +476,9 @@ def run_sweep(
         Jupyter kernel that executes the runs.
     timeout : float, default 600
         Longest time, in seconds, one cell of one run may take.
+    run_timeout : float, default 1800
+        Longest wall-clock time, in seconds, of one whole run. A run past it is killed together
+        with its kernel and reported failed (``error`` says it timed out); it is not retried.
 
     Returns
     -------
@@ -418,6 +493,12 @@ def run_sweep(
     SweepError
         If the notebook does not exist, has no ``parameters`` cell or lacks a parameter of
         the grid, or the grid is empty.
+    SweepInterrupted
+        On Ctrl-C: every run still going is stopped and its kernel killed, and the CSV (and
+        plot) of the runs that had finished is written before this is raised.
+
+    Progress goes to stderr: one line per finished run, then ``done/total``, failures, the time
+    elapsed and an estimate of the time left.
     """
     notebook = Path(notebook)
     grid = {str(name): list(values) for name, values in grid.items()}
@@ -432,39 +513,31 @@ def run_sweep(
         (str(notebook.resolve()), str((out / run_filename(notebook.stem, p)).resolve()), p) for p in points
     ]
 
-    results: list[dict[str, Any]] = [{} for _ in points]
+    results: list[dict[str, Any] | None] = [None for _ in points]
+    progress = _Progress(len(points))
 
     def finished(index: int, result: dict[str, Any]) -> None:
         results[index] = result
+        progress.done += 1
         params = _format_params(points[index])
         if result["status"] == "ok":
-            print(f"sweep: ok     {params}", file=sys.stderr, flush=True)
+            progress.report(f"sweep: ok     {params}")
         else:
-            print(f"sweep: FAILED {params}: {result['error']}", file=sys.stderr, flush=True)
+            progress.failed += 1
+            progress.report(f"sweep: FAILED {params}: {result['error']}")
 
-    if jobs == 1:
-        for index, (nb, path, params) in enumerate(tasks):
-            finished(index, _run_one(nb, path, params, kernel_name, timeout))
+    try:
+        _execute(tasks, jobs, kernel_name, timeout, run_timeout, finished)
+    except KeyboardInterrupt:
+        interrupted = True
     else:
-        # Fresh worker processes: a forked copy of this process's ZeroMQ state can lose kernel
-        # messages and leave a run waiting out its timeout.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures: dict[Future, int] = {
-                pool.submit(_run_one, nb, path, params, kernel_name, timeout): index
-                for index, (nb, path, params) in enumerate(tasks)
-            }
-            for future, index in futures.items():
-                try:
-                    result = future.result()
-                except Exception as exc:  # the worker process itself died
-                    result = {
-                        "status": "failed",
-                        "error": _one_line(f"{type(exc).__name__}: {exc}"),
-                        "records": {},
-                    }
-                finished(index, result)
+        interrupted = False
+    finally:
+        progress.close()
 
+    done = [i for i, result in enumerate(results) if result is not None]
+    points = [points[i] for i in done]
+    results = [results[i] for i in done]
     reserved = set(names) | set(_FIXED_COLUMNS)
     recorded: list[str] = []
     rows: list[dict[str, Any]] = []
@@ -490,7 +563,65 @@ def run_sweep(
 
     atomic_write(csv_path, write_csv)
     _write_plot(out / "summary.png", grid, rows, recorded)
+    if interrupted:
+        raise SweepInterrupted(csv_path, len(rows), len(tasks))
     return csv_path
+
+
+def _execute(
+    tasks: list[tuple], jobs: int, kernel_name: str, timeout: float, run_timeout: float, finished: Any
+) -> None:
+    """Run every task in its own process, ``jobs`` at a time; ``finished(index, result)`` as each ends.
+
+    A run past ``run_timeout`` seconds is killed with its kernel and reported failed (not retried).
+    On Ctrl-C (``KeyboardInterrupt``) every running run and kernel is killed before the exception
+    propagates. Fresh (spawned) processes: a forked copy of ZeroMQ state can lose kernel messages.
+    """
+    context = multiprocessing.get_context("spawn")
+    pending = deque(enumerate(tasks))
+    running: dict[Any, tuple[int, Any, float, str]] = {}  # connection -> index, process, start, path
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                index, (nb, path, params) = pending.popleft()
+                receive, send = context.Pipe(duplex=False)
+                proc = context.Process(target=_worker, args=(send, (nb, path, params, kernel_name, timeout)))
+                proc.start()
+                send.close()
+                running[receive] = (index, proc, time.monotonic(), path)
+            for conn in multiprocessing.connection.wait(list(running), timeout=0.5):
+                index, proc, _, path = running.pop(conn)
+                try:
+                    result = conn.recv()
+                except EOFError:  # the run's process died without answering
+                    result = _failed(f"run process ended with exit code {proc.join(5) or proc.exitcode}")
+                    _discard_partial(path, proc.pid)
+                conn.close()
+                proc.join()
+                finished(index, result)
+            now = time.monotonic()
+            for conn, (index, proc, start, path) in list(running.items()):
+                if now - start > run_timeout:
+                    del running[conn]
+                    _kill_tree(proc.pid)
+                    conn.close()
+                    _discard_partial(path, proc.pid)
+                    finished(index, _failed(f"timed out after {run_timeout:g} s: run and kernel killed"))
+    finally:
+        for conn, (_, proc, _, path) in running.items():
+            _kill_tree(proc.pid)
+            conn.close()
+            _discard_partial(path, proc.pid)
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"status": "failed", "error": _one_line(error), "records": {}}
+
+
+def _discard_partial(path: str, pid: int | None) -> None:
+    """Remove the half-written notebook of a killed run (see :func:`_run_one`'s temporary name)."""
+    out = Path(path)
+    out.with_name(f".partial-{pid}-{out.name}").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,6 +646,15 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="results folder (default: runs/<notebook stem>)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per cell (default: 600)")
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=DEFAULT_RUN_TIMEOUT,
+        help=(
+            f"seconds per run (default: {DEFAULT_RUN_TIMEOUT:g}); a run past it is killed with its "
+            "kernel and reported failed, not retried"
+        ),
+    )
     parser.set_defaults(func=_command)
     return parser
 
@@ -523,6 +663,9 @@ def _command(args: argparse.Namespace) -> int:
     try:
         if args.jobs is not None and args.jobs < 1:
             raise SweepError(f"--jobs must be at least 1, got {args.jobs}")
+        for flag, value in (("--timeout", args.timeout), ("--run-timeout", args.run_timeout)):
+            if not value > 0 or math.isinf(value):
+                raise SweepError(f"{flag} must be a positive number of seconds, got {value}")
         grid = parse_grid(args.grid)
         csv_path = run_sweep(
             args.notebook,
@@ -531,10 +674,14 @@ def _command(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             kernel_name=args.kernel,
             timeout=args.timeout,
+            run_timeout=args.run_timeout,
         )
     except SweepError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 130
     with open(csv_path, newline="", encoding="utf-8") as handle:
         statuses = [row["status"] for row in csv.DictReader(handle)]
     failed = statuses.count("failed")

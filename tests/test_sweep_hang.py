@@ -1,0 +1,101 @@
+"""A sweep cannot stall: a hanging run is killed with its kernel, and Ctrl-C still writes the summary."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nbformat
+import psutil
+import pytest
+
+from sparsekit.sweep import run_sweep
+
+
+def hanging_notebook(path):
+    """A tiny chapter whose second cell sleeps for ten minutes when ``hang`` is set."""
+    parameters = nbformat.v4.new_code_cell("hang = 0\nlabel = 'a'")
+    parameters.metadata["tags"] = ["parameters"]
+    sleep = nbformat.v4.new_code_cell("import time\nif hang:\n    time.sleep(600)")
+    record = nbformat.v4.new_code_cell("{'finished': label}")
+    record.metadata["tags"] = ["record"]
+    notebook = nbformat.v4.new_notebook(cells=[parameters, sleep, record])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, str(path))
+    return path
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def kernels_of(pid: int) -> list[psutil.Process]:
+    """The sweep workers and Jupyter kernels started below ``pid`` (not multiprocessing's tracker)."""
+    found = []
+    try:
+        for proc in psutil.Process(pid).children(recursive=True):
+            command = " ".join(proc.cmdline())
+            if "ipykernel" in command or "spawn_main" in command:
+                found.append(proc)
+    except psutil.NoSuchProcess:
+        pass
+    return found
+
+
+def test_hanging_run_is_killed_and_reported_while_the_others_finish(tmp_path, capsys):
+    notebook = hanging_notebook(tmp_path / "chapter.ipynb")
+    out = tmp_path / "runs"
+    start = time.monotonic()
+    # One run at a time, the hanging run first: the run after it must still happen.
+    csv_path = run_sweep(notebook, {"hang": [1, 0], "label": ["x"]}, out_dir=out, jobs=1, run_timeout=30)
+    elapsed = time.monotonic() - start
+    # Far below the ten-minute sleep and the 600 s cell timeout: the run limit ended it.
+    assert elapsed < 200, f"the sweep took {elapsed:.0f} s"
+    rows = read_rows(csv_path)
+    assert [(r["hang"], r["status"], r["finished"]) for r in rows] == [("1", "failed", ""), ("0", "ok", "x")]
+    assert rows[0]["error"] == "timed out after 30 s: run and kernel killed"
+    err = capsys.readouterr().err
+    assert "sweep: FAILED hang=1 label=x: timed out" in err
+    assert "sweep: 1/2 done, 1 failed" in err and "sweep: 2/2 done, 1 failed" in err
+    # No worker or kernel is left behind, and no half-written notebook either: only the finished runs.
+    assert kernels_of(os.getpid()) == []
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["chapter__hang=0__label=x.ipynb"]
+    assert not list(out.glob(".partial-*"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process needs POSIX signals")
+def test_ctrl_c_stops_runs_and_kernels_and_writes_the_finished_summary(tmp_path):
+    notebook = hanging_notebook(tmp_path / "chapter.ipynb")
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "sparsekit", "sweep", str(notebook), "-p", "hang", "0,1"]
+    command += ["--jobs", "2", "--out", str(out), "--run-timeout", "600"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    try:
+        # Wait until the quick run has finished and the other one is sleeping in its kernel.
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "1/2 done" in line:
+                break
+        assert any("1/2 done" in line for line in lines), "".join(lines)
+        descendants = kernels_of(proc.pid)
+        assert descendants, "the hanging run should still be running"
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted: 1 of 2 runs finished" in rest
+    rows = read_rows(out / "summary.csv")
+    assert [(r["hang"], r["status"]) for r in rows] == [("0", "ok")]
+    gone, alive = psutil.wait_procs(descendants, timeout=10)
+    assert not alive, f"left running: {alive}"
+    assert not list(out.glob(".partial-*"))
