@@ -4,7 +4,8 @@ Run by hand: ``.venv/bin/python benchmarks/bench_selection.py`` (numpy only). At
 top-k 3, for n = 4096 .. 32768 it prints:
 
 * ``select``: ``sk.moba`` (block means ``n*d``, scores ``n * n/B * d``, the choice ``n * n/B``);
-* ``layout``: ``pattern.blocks(n, 512)`` from the table of choices (prefix sums, ``n * n/B``);
+* ``layout``: ``pattern.blocks(n, 512)`` from the table of choices: per tile row, how many rows
+  chose each block (``n * n/B`` additions), the diagonal tiles from each row's causal limit;
 * ``generic``: the same layout from the predicate, cell by cell (``Pattern._block_counts`` of the
   base class: ``n**2`` cells), the baseline; checked equal to ``layout``;
 * ``q @ k.T``: the dense score matrix that attending to every key would compute (``n**2 * d``).

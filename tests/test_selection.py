@@ -139,6 +139,21 @@ def test_moba_block_layout_at_length_4096():
     assert (pattern.chosen.sum(axis=1) == np.minimum(3, np.arange(n) // block + 1)).all()
 
 
+@pytest.mark.parametrize("cells", [1, 40, 200])
+@pytest.mark.parametrize(("n", "block_size", "causal"), [(61, 7, True), (50, 16, False), (33, 40, True)])
+def test_views_in_small_chunks_of_rows(monkeypatch, cells, n, block_size, causal):
+    # Long sequences choose and count in chunks of rows; tiny chunks exercise every boundary.
+    import sparsekit.masks.selection as selection
+
+    monkeypatch.setattr(selection, "_CHUNK_CELLS", cells)
+    rng = np.random.default_rng(cells + n)
+    nb = -(-n // block_size)
+    scores = rng.integers(-2, 3, size=(n, nb)).astype(float)
+    pattern = sk.block_select(scores, block_size, 3, causal=causal)
+    chosen = reference_choice(scores.tolist(), block_size, 3, causal, causal)
+    check_views(pattern, reference_mask(chosen, n, block_size, causal), tiles=(1, 5, block_size, 64))
+
+
 # --------------------------------------------------------------------------------------------------
 # block_select from any score table
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int, check_size
-from ..pattern import DIAGONAL, GLOBAL, LOCAL, Pattern, _is_torch
+from ..pattern import _CHUNK_CELLS, DIAGONAL, GLOBAL, LOCAL, Pattern, _is_torch
 
 
 class SelectedBlocks(Pattern):
@@ -54,6 +54,7 @@ class SelectedBlocks(Pattern):
         self.scores = scores
         self.length, self.n_blocks = chosen.shape
         self._flat = chosen.ravel()
+        self._sizes = np.minimum(block_size, self.length - np.arange(self.n_blocks) * block_size)
         self._torch_tables: dict = {}
 
     def bind(self, n: int) -> Pattern:
@@ -94,34 +95,69 @@ class SelectedBlocks(Pattern):
     # ----------------------------------------------------------------------------------------------
     # Exact views from the table: keys of row q below x, without evaluating cells
     # ----------------------------------------------------------------------------------------------
-    def _keys_below(self, cuts: np.ndarray) -> np.ndarray:
-        """``out[q, t]``: allowed keys of row ``q`` in ``[0, cuts[t])``, ``int64 (n, len(cuts))``.
+    def _keys_below(self, cuts: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """``out[q - r0, t]``: allowed keys of row ``q`` in ``[0, cuts[t])``, rows ``r0 <= q < r1``.
 
         With ``x = min(cut, q + 1)`` (causal) the keys are the whole chosen blocks below ``x // B``
         plus, if block ``x // B`` is chosen, its ``x mod B`` first keys: prefix sums over the blocks.
         """
-        n, nb, b = self.length, self.n_blocks, self.block_size
-        sizes = np.minimum(b, n - np.arange(nb) * b)
-        whole = np.zeros((n, nb + 1), dtype=np.int64)
-        np.cumsum(self.chosen * sizes, axis=1, out=whole[:, 1:])
-        rows = np.arange(n)
-        x = np.broadcast_to(cuts[None, :], (n, cuts.size))
+        nb, b = self.n_blocks, self.block_size
+        chosen = self.chosen[r0:r1]
+        whole = np.zeros((r1 - r0, nb + 1), dtype=np.int64)
+        np.cumsum(chosen * self._sizes, axis=1, out=whole[:, 1:])
+        x = np.broadcast_to(cuts[None, :], (r1 - r0, cuts.size))
         if self.causal:
-            x = np.minimum(x, rows[:, None] + 1)
+            x = np.minimum(x, np.arange(r0, r1)[:, None] + 1)
         block = x // b
         partial = np.zeros(x.shape, dtype=np.int64)
-        inside = block < nb
-        r, c = np.nonzero(inside)
-        partial[r, c] = self.chosen[r, block[r, c]] * (x[r, c] - block[r, c] * b)
+        r, c = np.nonzero(block < nb)
+        partial[r, c] = chosen[r, block[r, c]] * (x[r, c] - block[r, c] * b)
         return np.take_along_axis(whole, block, axis=1) + partial
 
     def _row_counts(self, n: int) -> np.ndarray:
-        return self._keys_below(np.array([n]))[:, 0]
+        counts = self.chosen @ self._sizes  # whole chosen blocks
+        if self.causal:  # the own block holds only the keys up to the query
+            q = np.arange(n)
+            own = q // self.block_size
+            counts -= self.chosen[q, own] * (self._sizes[own] - (q - own * self.block_size + 1))
+        return counts
+
+    def _row_counts_bytes(self, n: int) -> int:
+        return 32 * n
 
     def _block_counts(self, n: int, b: int) -> np.ndarray:
-        cuts = np.minimum(np.arange(0, n + b, b), n)[: -(-n // b) + 1]
-        per_row = np.diff(self._keys_below(cuts), axis=1)  # (n, tiles): keys of each row per tile
-        return np.add.reduceat(per_row, np.arange(0, n, b), axis=0)
+        tiles = -(-n // b)
+        if b == self.block_size:
+            return self._own_block_counts(n)
+        cuts = np.minimum(np.arange(tiles + 1) * b, n)
+        counts = np.zeros((tiles, tiles), dtype=np.int64)
+        step = max(1, _CHUNK_CELLS // (tiles + 1) // b) * b  # whole tile rows, bounded temporaries
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            per_row = np.diff(self._keys_below(cuts, r0, r1), axis=1)  # keys of each row per tile
+            counts[r0 // b : -(-r1 // b)] = np.add.reduceat(per_row, np.arange(0, r1 - r0, b), axis=0)
+        return counts
+
+    def _own_block_counts(self, n: int) -> np.ndarray:
+        """Tile counts when the tiles are the selection blocks: ``O(n * n_blocks)``, no cuts.
+
+        Off the diagonal a tile holds whole block columns, one for each of its rows that chose the
+        block (all rows of a tile share the causal limit, so ``kv <= q`` holds for every earlier
+        block). A diagonal tile holds ``q - I*B + 1`` keys of each row that kept its own block.
+        """
+        b, nb = self.block_size, self.n_blocks
+        counts = np.zeros((nb, nb), dtype=np.int64)
+        step = max(1, _CHUNK_CELLS // nb // b) * b
+        for r0 in range(0, n, step):
+            chosen = self.chosen[r0 : r0 + step]
+            rows_choosing = np.add.reduceat(chosen.astype(np.int64), np.arange(0, chosen.shape[0], b), axis=0)
+            counts[r0 // b : r0 // b + rows_choosing.shape[0]] = rows_choosing * self._sizes
+        if self.causal:
+            q = np.arange(n)
+            own = q // b
+            keys = self.chosen[q, own] * (q - own * b + 1)
+            counts[np.arange(nb), np.arange(nb)] = np.add.reduceat(keys, np.arange(0, n, b))
+        return counts
 
     def _dense(self, n: int) -> np.ndarray:
         out = np.repeat(self.chosen, self.block_size, axis=1)[:, :n]
@@ -152,22 +188,24 @@ def _as_float_matrix(x, name: str, shape_text: str) -> np.ndarray:
 def _choose(scores: np.ndarray, block_size: int, top_k: int, causal: bool, keep_own: bool) -> np.ndarray:
     """The ``(n, nb)`` table of chosen blocks; see :func:`block_select` for the rule."""
     n, nb = scores.shape
-    rows = np.arange(n)
-    own = rows // block_size
-    blocks = np.arange(nb)
-    eligible = blocks[None, :] <= own[:, None] if causal else np.ones((n, nb), dtype=bool)
-    ranked = eligible.copy()
-    if keep_own:
-        ranked[rows, own] = False
-    # Sort by (excluded, -score, block index): ranked blocks first, best first, ties to the lower index.
-    index = np.broadcast_to(blocks, (n, nb))
-    order = np.lexsort((index, -scores, ~ranked), axis=1)
-    position = np.empty_like(order)
-    np.put_along_axis(position, order, index, axis=1)
-    slots = np.minimum(top_k - int(keep_own), ranked.sum(axis=1))
-    chosen = (position < slots[:, None]) & ranked
-    if keep_own:
-        chosen[rows, own] = True
+    chosen = np.zeros((n, nb), dtype=bool)
+    step = max(1, _CHUNK_CELLS // nb)  # rows at a time: temporaries stay bounded
+    for r0 in range(0, n, step):
+        rows = np.arange(r0, min(n, r0 + step))
+        own = rows // block_size
+        index = np.broadcast_to(np.arange(nb), (rows.size, nb))
+        ranked = index <= own[:, None] if causal else np.ones((rows.size, nb), dtype=bool)
+        if keep_own:
+            ranked[np.arange(rows.size), own] = False
+        # Sort by (excluded, -score, block index): ranked blocks first, best first, ties to the lower
+        # index; position[r, b] is block b's place in row r's order.
+        order = np.lexsort((index, -scores[rows], ~ranked), axis=1)
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, index, axis=1)
+        slots = np.minimum(top_k - int(keep_own), ranked.sum(axis=1))
+        chosen[rows] = (position < slots[:, None]) & ranked
+        if keep_own:
+            chosen[rows, own] = True
     return chosen
 
 
