@@ -318,11 +318,11 @@ def run_suite(copy: Path, files: list[str], timeout: int) -> tuple[int, str, flo
 
 def first_failure(output: str) -> tuple[str, bool]:
     """The test (or file) that failed first, and whether it failed by the time limit."""
+    hang = "Failed: Timeout" in output  # pytest-timeout's failure; -x stops at the first failure
     for line in output.splitlines():
         if line.startswith(("FAILED ", "ERROR ")):
-            test = line.split(" ", 1)[1].split(" - ", 1)[0]
-            return test.removeprefix("tests/"), "Timeout" in line
-    return "(exit status only)", "Timeout" in output
+            return line.split(" ", 1)[1].split(" - ", 1)[0].removeprefix("tests/"), hang
+    return "(exit status only)", hang
 
 
 def check_imports(copy: Path) -> None:
