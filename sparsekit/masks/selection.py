@@ -127,8 +127,8 @@ class SelectedBlocks(Pattern):
 
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         tiles = -(-n // b)
-        if b == self.block_size:
-            return self._own_block_counts(n)
+        if self.block_size % b == 0:
+            return self._nested_counts(n, b)
         cuts = np.minimum(np.arange(tiles + 1) * b, n)
         counts = np.zeros((tiles, tiles), dtype=np.int64)
         step = max(1, _CHUNK_CELLS // (tiles + 1) // b) * b  # whole tile rows, bounded temporaries
@@ -138,25 +138,29 @@ class SelectedBlocks(Pattern):
             counts[r0 // b : -(-r1 // b)] = np.add.reduceat(per_row, np.arange(0, r1 - r0, b), axis=0)
         return counts
 
-    def _own_block_counts(self, n: int) -> np.ndarray:
-        """Tile counts when the tiles are the selection blocks: ``O(n * n_blocks)``, no cuts.
+    def _nested_counts(self, n: int, b: int) -> np.ndarray:
+        """Tile counts when ``b`` divides the block size: ``O(n * n / b)``, no cuts.
 
-        Off the diagonal a tile holds whole block columns, one for each of its rows that chose the
-        block (all rows of a tile share the causal limit, so ``kv <= q`` holds for every earlier
-        block). A diagonal tile holds ``q - I*B + 1`` keys of each row that kept its own block.
+        Each tile column then lies in one block. Below the diagonal a tile holds the whole column
+        for each of its rows that chose that block (every key of an earlier tile is before every
+        query of the tile row: all share the causal limit). A diagonal tile holds ``q - I*b + 1``
+        keys of each row that kept its own block; tiles above it hold none.
         """
-        b, nb = self.block_size, self.n_blocks
-        counts = np.zeros((nb, nb), dtype=np.int64)
-        step = max(1, _CHUNK_CELLS // nb // b) * b
+        tiles = -(-n // b)
+        starts = np.arange(0, n, b)
+        sizes = np.minimum(b, n - starts)
+        block_of_tile = starts // self.block_size
+        counts = np.zeros((tiles, tiles), dtype=np.int64)
+        step = max(1, _CHUNK_CELLS // max(tiles, self.n_blocks) // b) * b  # whole tile rows
         for r0 in range(0, n, step):
-            chosen = self.chosen[r0 : r0 + step]
-            rows_choosing = np.add.reduceat(chosen.astype(np.int64), np.arange(0, chosen.shape[0], b), axis=0)
-            counts[r0 // b : r0 // b + rows_choosing.shape[0]] = rows_choosing * self._sizes
+            chosen = self.chosen[r0 : r0 + step, block_of_tile].astype(np.int64)
+            rows = np.add.reduceat(chosen, np.arange(0, chosen.shape[0], b), axis=0)
+            counts[r0 // b : r0 // b + rows.shape[0]] = rows * sizes
         if self.causal:
+            counts = np.tril(counts, -1)
             q = np.arange(n)
-            own = q // b
-            keys = self.chosen[q, own] * (q - own * b + 1)
-            counts[np.arange(nb), np.arange(nb)] = np.add.reduceat(keys, np.arange(0, n, b))
+            keys = self.chosen[q, q // self.block_size] * (q % b + 1)
+            counts[np.arange(tiles), np.arange(tiles)] = np.add.reduceat(keys, starts)
         return counts
 
     def _dense(self, n: int) -> np.ndarray:
