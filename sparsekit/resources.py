@@ -36,7 +36,7 @@ import numpy as np
 
 from ._io import atomic_write, atomic_write_text
 from ._validate import check_int, check_size
-from .pattern import Pattern
+from .pattern import Pattern, nonzeros_bytes, require_memory
 
 __all__ = [
     "MASK_TYPES",
@@ -110,7 +110,7 @@ def ordered_nonzeros(
         at a shared edge column. ``tiled``: the mask is cut into tiles of ``rows x cols`` cells
         visited row-first (tile rows top to bottom, tiles left to right); inside a tile, cells
         row-first (FlashAttention's ``Br x Bc`` tiles, Dao et al. 2022).
-    tile : int or (int, int)
+    tile : int or tuple of int
         Tile of ``order="tiled"``: a side ``b`` (a ``b x b`` square) or a pair ``(rows, cols)``;
         each ``>= 1``. Ignored by the other orders.
 
@@ -283,7 +283,7 @@ class ResourceAnalysis:
         The unit's bounds.
     order : str
         Order of the products; ``"given"`` for raw cells.
-    tile : int, (int, int) or None
+    tile : int, tuple of int or None
         Tile of the tiled order (a side or a ``(rows, cols)`` pair), else ``None``.
     cells : numpy.ndarray
         The ordered products, ``(nnz, 2)``.
@@ -547,7 +547,7 @@ def analyze(
         Distinct rows plus distinct columns per step at most; ``>= 2``.
     order : {"row_first", "column_first", "zigzag", "tiled"}
         Order of the products, see :func:`ordered_nonzeros`.
-    tile : int or (int, int), optional
+    tile : int or tuple of int, optional
         Tile of the tiled order: a side ``b`` or a pair ``(rows, cols)``, each ``>= 1``; default
         ``floor(sqrt(num_multiplications))`` so that a full square tile is one step (8 for 64
         products; GPU kernels use 64 to 128 per side). Ignored by the other orders.
@@ -578,6 +578,9 @@ def analyze(
             tile = sides[0] if isinstance(tile, int | np.integer) else sides
     else:
         tile = None
+    # The ordered cells, their reordering (zigzag, tiled) and the per-step arrays: about 3x nonzeros.
+    need = 3 * nonzeros_bytes(pattern.bind(n), n)
+    require_memory("resources analysis", n, need, "a smaller mask size, or nnz(n) for the count alone")
     cells = ordered_nonzeros(pattern, n, order, tile or 1)
     return analyze_cells(cells, m, r, pattern_name=pattern.name, n=n, order=order, tile=tile)
 

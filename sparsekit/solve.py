@@ -508,8 +508,9 @@ def bigbird_seed_style(n: int, sparsity: float, adjust: Any = None, seed: int = 
     The given sparsity ``s' = adjust(sparsity)`` (clipped to ``[0, 1]``; ``s' = sparsity`` without
     ``adjust``) is handed to :func:`solve_random`, :func:`solve_window` and :func:`solve_global`
     separately, and the three parts are united. The union is denser than each part, so without a
-    correction the real sparsity falls short of the target; ``adjust`` (:func:`fit_adjustment`,
-    :func:`product_rule`, or the seed's polynomial from :func:`fit_adjustment_seed`) corrects that.
+    correction the real sparsity falls short of the target; ``adjust`` corrects that:
+    :func:`fit_adjustment`, ``lambda s: s ** (1 / 3)`` (the product rule, see
+    :func:`product_rule_split`) or the seed's polynomial from :func:`fit_adjustment_seed`.
     ``achieved`` is the union's exact sparsity; nothing is searched, so ``optimal`` is ``False``.
 
     Parameters
