@@ -1,12 +1,18 @@
-"""The published book as a reader meets it, checked in a real browser (issue 8).
+"""The published book as a reader meets it, checked in a real browser (issues 8 and 12).
 
 Serves ``_build/html`` on 127.0.0.1 with ``python -m http.server`` and drives Debian's Chromium
 (``/usr/bin/chromium``) through Playwright's Python package; ``make browser`` installs both and
 runs this file after ``make book``.  For every page in ``_toc.yml`` it checks that the page loads
 without console errors, that every image loads and has alt text, that cross-references and
 citations resolve, that math renders, that the static sliders change the picture, and that the
-text column does not scroll sideways at phone width.  It also checks the search page and the API
-page, saves one screenshot per page into ``screenshots/`` and reports each page's weight.
+text column does not scroll sideways at phone width.  At both 1280 px and phone width (390 px) it
+checks that no picture is shown twice, that no code or output block scrolls sideways (the value a
+sentence talks about must be on screen), that every picture has a real alt text (not a file name),
+that no widget is left dead on the page, and it runs the axe-core accessibility audit in the page
+(zero serious or critical findings; the rules it exempts are listed in ``AXE_EXEMPT`` with the
+reason).  It also checks the search page and the API page, saves one screenshot per page into
+``screenshots/`` and reports each page's weight.  ``BOOK_HTML=/path/to/html`` checks another build
+(for example a quick build that uses the committed outputs).
 
 The build runs offline, but the book's pages name a few CDN files (MathJax, and on the chapters
 require.js, the ipywidgets HTML manager and Font Awesome 4 from the animation template).  The
@@ -33,7 +39,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html")).resolve()
 SCREENSHOTS = ROOT / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -107,7 +113,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def site():
     if not (HTML / "index.html").is_file():
-        pytest.skip(f"{HTML.relative_to(ROOT)} has not been built: run `make book` first")
+        pytest.skip(f"{HTML} has not been built: run `make book` first")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
@@ -521,3 +527,163 @@ def test_page_weights(desktop, capsys):
         print("\n" + report)
     name, html, images, _ = max(rows, key=lambda r: r[1] + r[2])
     assert html + images <= MAX_PAGE_BYTES, f"{name} weighs {html + images:,} bytes"
+
+
+# ----------------------------------------------------------------------------------------
+# Every page at desktop and at phone width (issue 12): each picture once, with a real alt
+# text, nothing that scrolls sideways, no dead widget, no console error, no serious or
+# critical accessibility finding.
+
+VIEWS = ("desktop", "phone")
+
+
+def per_view(check: str, pages: list[str]):
+    """(page, view) parameters, the KNOWN entries for ``check`` marked as strict expected failures."""
+    known = KNOWN.get(check, {})
+    return [
+        pytest.param(p, v, id=f"{p}@{v}", marks=pytest.mark.xfail(strict=True, reason=known[p]))
+        if p in known
+        else pytest.param(p, v, id=f"{p}@{v}")
+        for p in pages
+        for v in VIEWS
+    ]
+
+
+#: Two pictures count as the same when their shapes agree within 3 % and their 24 x 24 grey
+#: thumbnails differ by less than this mean (0-255): a figure saved at 110 dpi and the same figure
+#: shown by the saving cell at another dpi differ by 1-2; two different masks by far more.
+SAME_PICTURE = 6.0
+
+THUMBNAILS = """() => {
+    const side = 24, canvas = document.createElement('canvas');
+    canvas.width = canvas.height = side;
+    const ctx = canvas.getContext('2d', {willReadFrequently: true});
+    return [...document.querySelectorAll('article img')]
+        .filter(i => i.complete && i.naturalWidth > 0 && i.getClientRects().length > 0)
+        .map(i => {
+            ctx.fillStyle = '#fff';
+            ctx.fillRect(0, 0, side, side);
+            ctx.drawImage(i, 0, 0, side, side);
+            const d = ctx.getImageData(0, 0, side, side).data, grey = [];
+            for (let k = 0; k < d.length; k += 4) grey.push((d[k] + d[k + 1] + d[k + 2]) / 3);
+            const src = i.currentSrc || i.src;
+            return {src: src.startsWith('data:') ? 'data:... (' + (i.id || 'inline') + ')'
+                         : src.split('/').pop(),
+                    alt: (i.getAttribute('alt') || '').slice(0, 50),
+                    ratio: i.naturalWidth / i.naturalHeight, grey};
+        });
+}"""
+
+
+@pytest.mark.parametrize(("name", "view"), per_view("twice", PAGES))
+def test_no_picture_shown_twice(request, name, view):
+    pictures = request.getfixturevalue(view)(name).page.evaluate(THUMBNAILS)
+    twice = []
+    for k, a in enumerate(pictures):
+        for b in pictures[k + 1 :]:
+            if abs(a["ratio"] - b["ratio"]) > 0.03 * a["ratio"]:
+                continue
+            difference = sum(abs(x - y) for x, y in zip(a["grey"], b["grey"], strict=True)) / len(a["grey"])
+            if difference < SAME_PICTURE:
+                twice.append(f"{a['src']} [{a['alt']}] = {b['src']} [{b['alt']}]")
+    assert not twice, "pictures shown twice (a saving cell that also shows its figure?):\n" + "\n".join(twice)
+
+
+@pytest.mark.parametrize(("name", "view"), per_view("alt", PAGES))
+def test_every_picture_has_a_real_alt_text(request, name, view):
+    """A file name or a hash is what Sphinx writes when a picture has no alt text of its own."""
+    alts = request.getfixturevalue(view)(name).page.evaluate(
+        """() => [...document.querySelectorAll('article img')].map(i => ({
+            src: (i.currentSrc || i.src || '').split('/').pop().slice(0, 60),
+            alt: (i.getAttribute('alt') || '').trim()}))"""
+    )
+    file_like = re.compile(r"\.(png|jpe?g|svg|gif|webp)\b|^[0-9a-f]{16,}$|^_images/|/", re.IGNORECASE)
+    poor = [a for a in alts if file_like.search(a["alt"]) or len(a["alt"].split()) < 3]
+    assert not poor, f"pictures whose alt text is a file name or under three words: {poor}"
+
+
+SIDEWAYS = """() => {
+    const blocks = document.querySelectorAll(
+        'article div.highlight pre, article .cell_output pre, article .cell_output .output,'
+        + ' article .pst-scrollable-table-container, article table, article .animation');
+    return [...blocks].filter(e => e.getClientRects().length > 0 && e.scrollWidth > e.clientWidth + 1)
+        .map(e => {
+            const cell = e.closest('.cell, table, .highlight');
+            const line = (e.innerText || '').split('\\n')
+                .reduce((a, b) => (b.length > a.length ? b : a), '');
+            return `${e.tagName.toLowerCase()}.${[...e.classList].join('.')} `
+                + `(${e.scrollWidth} px in ${e.clientWidth} px): ${line.trim().slice(0, 70)}`;
+        });
+}"""
+
+
+@pytest.mark.parametrize(("name", "view"), per_view("sideways", PAGES))
+def test_no_block_scrolls_sideways(request, name, view):
+    wide = request.getfixturevalue(view)(name).page.evaluate(SIDEWAYS)
+    assert not wide, f"blocks wider than the column at {view} width:\n" + "\n".join(wide)
+
+
+DEAD_WIDGET_TEXT = re.compile(
+    r"application/vnd\.jupyter\.widget|interactive\(children=|(Int|Float)Slider\(|Loading widget|"
+    r"Dropdown\(options=|VBox\(children="
+)
+
+
+@pytest.mark.parametrize(("name", "view"), per_view("widgets", PAGES))
+def test_no_dead_widget(request, name, view):
+    page = request.getfixturevalue(view)(name).page
+    found = page.evaluate(
+        """() => ({
+            views: document.querySelectorAll(
+                'script[type="application/vnd.jupyter.widget-view+json"]').length,
+            boxes: [...document.querySelectorAll('article .jupyter-widgets, article .widget-area')]
+                .filter(e => e.getClientRects().length > 0).length,
+            text: document.querySelector('article')?.innerText || '',
+        })"""
+    )
+    assert not found["views"], f"{found['views']} widget views that need a kernel or a CDN manager"
+    assert not found["boxes"], f"{found['boxes']} widget areas shown on a page without a kernel"
+    dead = sorted(set(DEAD_WIDGET_TEXT.findall(found["text"])))
+    assert not dead, f"widget code shown as text: {dead}"
+
+
+@pytest.mark.parametrize("name", params("console", PAGES))
+def test_no_console_errors_at_phone_width(phone, name):
+    loaded = phone(name)
+    errors = [e for e in loaded.console_errors if not is_external_noise(e, loaded.external)]
+    assert not errors, "console errors:\n" + "\n".join(errors)
+
+
+#: axe-core rules not enforced, each with the reason; every other finding with impact "serious"
+#: or "critical" fails the page. None is needed today: the two critical findings the audit made
+#: on the first run are fixed at their source (the static sliders' frame slider has a label,
+#: sparsekit.plot.jshtml; the bibliography's entries are list items, sparsekit/_sphinx_book.py).
+AXE_EXEMPT: dict[str, str] = {}
+
+#: Parts of the page left out of the audit (CSS selectors); none today.
+AXE_EXCLUDE: list[list[str]] = []
+
+
+def axe_findings(page) -> list[str]:
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright")
+    results = axe.Axe().run(
+        page,
+        context={"exclude": AXE_EXCLUDE} if AXE_EXCLUDE else None,
+        options={"resultTypes": ["violations"]},
+    )
+    findings = []
+    for violation in results.response["violations"]:
+        if violation["impact"] not in ("serious", "critical") or violation["id"] in AXE_EXEMPT:
+            continue
+        targets = [", ".join(map(str, node["target"])) for node in violation["nodes"][:3]]
+        findings.append(
+            f"{violation['id']} ({violation['impact']}, {len(violation['nodes'])} nodes): "
+            f"{violation['help']} - {'; '.join(targets)}"
+        )
+    return findings
+
+
+@pytest.mark.parametrize(("name", "view"), per_view("axe", PAGES))
+def test_accessibility_audit(request, name, view):
+    findings = axe_findings(request.getfixturevalue(view)(name).page)
+    assert not findings, "axe-core, serious or critical:\n" + "\n".join(findings)
