@@ -115,7 +115,7 @@ def layer_schedule(
     global (Meta, 2025); ``"mistral"``: every layer local (Jiang et al., 2023). Local layers are
     :func:`causal_window` with ``window`` keys, the query included (the configurations'
     ``sliding_window`` as ``transformers`` applies it); chunked layers :func:`chunked`; global layers
-    :func:`causal`. See :data:`SCHEDULES`.
+    :func:`causal`. See ``SCHEDULES``.
 
     Parameters
     ----------

@@ -171,7 +171,7 @@ class BigBirdBlocks(IntervalRows):
 
 def bigbird_blocks(
     block_size: int, random_blocks: int, window_blocks: int, global_blocks: int, seed: int = 0
-) -> BigBirdBlocks:
+) -> Pattern:
     """BigBird as in the paper (Zaheer et al., 2020): global, window and random attention by blocks.
 
     On the grid of ``block_size`` blocks (the last one shorter when ``block_size`` does not divide

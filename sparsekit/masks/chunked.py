@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int
-from ..pattern import DIAGONAL, LOCAL
+from ..pattern import DIAGONAL, LOCAL, Pattern
 from ._intervals import IntervalRows
 
 
@@ -36,7 +36,7 @@ class Chunked(IntervalRows):
         return whole * self.chunk * (self.chunk + 1) // 2 + rest * (rest + 1) // 2
 
 
-def chunked(chunk: int) -> Chunked:
+def chunked(chunk: int) -> Pattern:
     """Chunked causal attention (Llama 4's local layers): ``kv <= q and q // chunk == kv // chunk``.
 
     The sequence is cut into chunks of ``chunk`` tokens; a query sees the earlier tokens of its own

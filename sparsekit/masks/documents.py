@@ -136,7 +136,7 @@ class Document(IntervalRows):
         return counts
 
 
-def document(lengths: Sequence[int], inner: Pattern | None = None) -> Document:
+def document(lengths: Sequence[int], inner: Pattern | None = None) -> Pattern:
     """Document mask of packed sequences: attention only inside each document.
 
     The documents are consecutive runs of ``lengths`` tokens; query ``q`` may attend to ``kv`` when

@@ -62,7 +62,7 @@ class Neighborhood2d(IntervalRows):
         return np.full(n, self.kernel_height * self.kernel_width, dtype=np.int64)
 
 
-def neighborhood_2d(height: int, width: int, kernel_height: int, kernel_width: int) -> Neighborhood2d:
+def neighborhood_2d(height: int, width: int, kernel_height: int, kernel_width: int) -> Pattern:
     """Neighbourhood attention (NATTEN, Hassani et al., 2023) on a row-major ``height x width`` grid.
 
     Token ``i`` sits at ``(r, c) = divmod(i, width)``. Its window centre is clamped to the grid,

@@ -43,7 +43,7 @@ class PrefixLM(IntervalRows):
         return p * p + (n * (n + 1) - p * (p + 1)) // 2
 
 
-def prefix_lm(prefix: int) -> PrefixLM:
+def prefix_lm(prefix: int) -> Pattern:
     """Prefix LM (Raffel et al., 2020; Dong et al., 2019): ``kv < prefix or kv <= q``.
 
     The first ``prefix`` tokens (the input) attend to each other in both directions; every later

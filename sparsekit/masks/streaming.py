@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int
-from ..pattern import DIAGONAL, GLOBAL, LOCAL
+from ..pattern import DIAGONAL, GLOBAL, LOCAL, Pattern
 from ._intervals import IntervalRows
 
 
@@ -55,7 +55,7 @@ class AttentionSinks(IntervalRows):
         return n * (n + 1) // 2 if n <= full else full * (full + 1) // 2 + (n - full) * full
 
 
-def attention_sinks(sinks: int, window: int) -> AttentionSinks:
+def attention_sinks(sinks: int, window: int) -> Pattern:
     """Attention sinks (StreamingLLM, Xiao et al., 2023): ``kv <= q and (kv < sinks or q - kv < window)``.
 
     Every query sees the first ``sinks`` tokens and the ``window`` most recent tokens, itself
@@ -72,7 +72,7 @@ def attention_sinks(sinks: int, window: int) -> AttentionSinks:
     return AttentionSinks(check_int("sinks", sinks, low=0), check_int("window", window, low=1))
 
 
-def causal_window(window: int) -> AttentionSinks:
+def causal_window(window: int) -> Pattern:
     """Causal sliding window in Hugging Face's convention: ``kv <= q and q - kv < window``.
 
     Row ``q`` keeps ``min(q + 1, window)`` keys, the query included: the ``sliding_window`` of the

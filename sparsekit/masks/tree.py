@@ -129,7 +129,7 @@ class Tree(Pattern):
         return counts
 
 
-def tree(parents: Sequence[int], prefix: int) -> Tree:
+def tree(parents: Sequence[int], prefix: int) -> Pattern:
     """Tree attention for speculative decoding (SpecInfer, Miao et al., 2024; Medusa, Cai et al., 2024).
 
     Positions ``0 .. prefix - 1`` are causal. Node ``t`` of the token tree sits at position
