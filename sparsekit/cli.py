@@ -1,8 +1,9 @@
 """Command line: ``python -m sparsekit {masks,resources,solve,sweep} ...``.
 
 ``masks`` is the seed's ``sparse_transformer_mask.py`` as a subcommand: it prints the sparsity of the
-five Sparse-Transformer-era masks, their non-zeros, and writes pictures. Every bad flag or value
-exits with status 2 and one line on stderr.
+five Sparse-Transformer-era masks (exact, in closed form, at any ``--size``), their non-zeros, and
+writes pictures. Every bad flag or value, and every view that would not fit the memory budget
+(:func:`sparsekit.set_memory_budget`), exits with status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except ValueError as error:
-        sys.stderr.write(f"sparsekit {args.command}: error: {error}\n")
+    except (ValueError, MemoryError) as error:
+        # Views refuse above the memory budget (MemoryBudgetError); numpy's own MemoryError is
+        # reported the same way: one line, never a traceback or the out-of-memory killer.
+        message = " ".join(str(error).split()) or type(error).__name__
+        sys.stderr.write(f"sparsekit {args.command}: error: {message}\n")
         return 2

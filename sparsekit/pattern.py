@@ -96,6 +96,22 @@ def require_memory(view: str, n: int, nbytes: int, instead: str, max_bytes: int 
         )
 
 
+def nonzeros_bytes(pattern: Pattern, n: int) -> int:
+    """Peak memory of ``pattern.nonzeros(n)``: tile counts at block 16, then 16 bytes per non-zero.
+
+    The non-zeros are exact when a closed form or the row counts are cheap, else bounded by ``n * n``.
+    """
+    nb = -(-n // min(16, n))
+    tiles = 24 * nb * nb
+    if tiles > _memory_budget[0]:
+        return tiles
+    nnz = pattern._nnz_closed(n)
+    if nnz is None:
+        cheap = pattern._row_counts_bytes(n) <= _memory_budget[0]
+        nnz = _exact_sum(pattern._row_counts(n)) if cheap else n * n
+    return tiles + 16 * nnz
+
+
 def _bytes_text(nbytes: int) -> str:
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if nbytes >= size:
@@ -324,12 +340,7 @@ class Pattern:
         if order not in ("row_first", "column_first"):
             raise ValueError(f"order must be 'row_first' or 'column_first', got {order!r}")
         p = self.bind(n)
-        nb = -(-n // min(16, n))
-        # The tile counts at block 16 first, then 16 bytes per non-zero.
-        require_memory("nonzeros", n, 24 * nb * nb, "nnz(n), row_counts(n) or blocks(n)")
-        exact = p._nnz_closed(n)
-        if exact is not None:
-            require_memory("nonzeros", n, 16 * exact + 24 * nb * nb, "nnz(n), row_counts(n) or blocks(n)")
+        require_memory("nonzeros", n, nonzeros_bytes(p, n), _NONZEROS_INSTEAD)
         return _ordered_cells(p, n, column_first=order == "column_first")
 
     # ----------------------------------------------------------------------------------------------
@@ -457,6 +468,7 @@ class Pattern:
 # Engine helpers
 # --------------------------------------------------------------------------------------------------
 _EXACT_VIEWS = "row_counts(n), nnz(n), sparsity(n) or blocks(n)"
+_NONZEROS_INSTEAD = "nnz(n), block_summary(n), or nonzeros at a smaller n"
 
 
 def _check_budget(n: int, max_bytes: int | None, view: str) -> None:
@@ -603,6 +615,37 @@ def _class_rows(m: int, whole: int) -> tuple[np.ndarray, np.ndarray]:
     return low + (residue - low) % m, np.broadcast_to(k, (m, k.size))
 
 
+def _class_statuses(p: Pattern, b: int, m: int, whole: int) -> np.ndarray:
+    """Status of every class ``(I mod m, K)`` of whole tiles, ``uint8 (m, 2 * whole - 1)``, ``K`` from
+    ``-(whole - 1)``.
+
+    With a known far rule (:meth:`Pattern._far`) only the diagonals near the main one and one run of
+    ``m2`` far diagonals on each side are evaluated; the rest repeat with period ``m2`` (see
+    :func:`_periodic_summary`). Otherwise one representative tile per class is evaluated.
+    """
+    far = p._far()
+    if far is not None:
+        m2 = math.lcm(p.period, far[1], b) // b
+        near = -(-(max(far[0], 0) + b - 1) // b)
+        span = near + m2  # diagonals |K| < span are evaluated
+    if far is None or span >= whole:
+        rep_i, k = _class_rows(m, whole)
+        return _rect_status(p.predicate, rep_i * b, (rep_i - k) * b, b, b).reshape(m, 2 * whole - 1)
+    k = np.arange(-(span - 1), span)
+    residue = np.arange(m)[:, None]
+    low = np.maximum(k, 0)[None, :]
+    rep_i = low + (residue - low) % m
+    evaluated = _rect_status(p.predicate, rep_i * b, (rep_i - k) * b, b, b).reshape(m, k.size)
+    # Every diagonal K maps to an evaluated one: itself if |K| < span, else the far one of its run.
+    all_k = np.arange(-(whole - 1), whole)
+    folded = np.where(
+        all_k >= near,
+        near + (all_k - near) % m2,
+        np.where(all_k <= -near, -near - (-near - all_k) % m2, all_k),
+    )
+    return evaluated[:, folded + span - 1]
+
+
 def _periodic_layout(p: Pattern, n: int, b: int, m: int) -> np.ndarray:
     """Block layout (``uint8``) of a shift-invariant pattern from one representative tile per class.
 
@@ -613,8 +656,7 @@ def _periodic_layout(p: Pattern, n: int, b: int, m: int) -> np.ndarray:
     nb, whole = -(-n // b), n // b
     layout = np.empty((nb, nb), dtype=np.uint8)
     if whole:
-        rep_i, k = _class_rows(m, whole)
-        classes = _rect_status(p.predicate, rep_i * b, (rep_i - k) * b, b, b).reshape(m, 2 * whole - 1)
+        classes = _class_statuses(p, b, m, whole)
         # Row I, columns J = 0..whole-1 are the classes K = I .. I - whole + 1: a reversed window.
         flipped = classes[:, ::-1]  # column c holds K = whole - 1 - c
         for r in range(m):

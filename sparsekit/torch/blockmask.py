@@ -6,8 +6,9 @@ Two bridges from a pattern to FlexAttention:
   pattern's vectorized predicate on index tensors;
 * :func:`block_mask` builds the :class:`~torch.nn.attention.flex_attention.BlockMask` from sparsekit's
   own exact block layout (:meth:`~sparsekit.Pattern.blocks`) with ``BlockMask.from_kv_blocks``. It never
-  evaluates the ``n x n`` cells that ``create_block_mask`` evaluates, so its cost follows the number of
-  tiles, ``ceil(n / block_size) ** 2``, instead of ``n ** 2``.
+  evaluates the ``n x n`` cells that ``create_block_mask`` evaluates: for a periodic pattern the layout
+  comes from one representative tile per class of tile diagonals near the main one (the far diagonals
+  repeat), so its cost is writing the ``ceil(n / block_size) ** 2`` tables, not ``n ** 2`` cells.
 
 Under ``torch.compile(flex_attention)`` the ``mask_mod`` runs inside the fused kernel, which on the CPU
 lowers its graph (traced on 0-d indices) again on 2-D tiles of indices. Every pattern's predicate
@@ -26,7 +27,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from .._validate import check_int, check_size
-from ..pattern import Pattern
+from ..pattern import Pattern, require_memory
 
 __all__ = ["block_mask", "block_tables", "flex_layout", "mask_mod"]
 
@@ -90,7 +91,11 @@ def block_tables(pattern: Pattern, n: int, block_size: int = 128) -> dict[str, n
     ``block_size`` with masked cells.
     """
     b = check_int("block_size", block_size, low=1)
-    layout = flex_layout(_check_pattern(pattern), check_size(n), b)
+    nb = -(-check_size(n) // b)
+    # The uint8 layout, then per table a bool selection, an int64 argsort and the int32 result.
+    instead = "pattern.block_summary(n, block_size) or a larger block_size"
+    require_memory("block_mask tables", n, 32 * nb * nb, instead)
+    layout = flex_layout(_check_pattern(pattern), n, b)
     tables = {}
     for name, code in (("", 1), ("full_", 2)):
         for axis, grid in (("kv", layout), ("q", layout.T)):
