@@ -549,28 +549,49 @@ def per_view(check: str, pages: list[str]):
     ]
 
 
-#: Two pictures count as the same when their shapes agree within 3 % and their 24 x 24 grey
-#: thumbnails differ by less than this mean (0-255): a figure saved at 110 dpi and the same figure
-#: shown by the saving cell at another dpi differ by 1-2; two different masks by far more.
+#: Two pictures count as the same when, cut to what is drawn on them (white margins trimmed, as
+#: the notebook's inline display does and a saved file may not), their shapes agree within 3 % and
+#: their 24 x 24 grey thumbnails differ by less than this mean (0-255): a figure saved at 110 dpi
+#: and the same figure shown by the saving cell differ by a few units; two different masks by far
+#: more.
 SAME_PICTURE = 6.0
 
 THUMBNAILS = """() => {
-    const side = 24, canvas = document.createElement('canvas');
-    canvas.width = canvas.height = side;
-    const ctx = canvas.getContext('2d', {willReadFrequently: true});
+    const side = 24, big = 240;
+    const thumb = document.createElement('canvas'), work = document.createElement('canvas');
+    thumb.width = thumb.height = side;
+    const t = thumb.getContext('2d', {willReadFrequently: true});
+    const w = work.getContext('2d', {willReadFrequently: true});
     return [...document.querySelectorAll('article img')]
         .filter(i => i.complete && i.naturalWidth > 0 && i.getClientRects().length > 0)
         .map(i => {
-            ctx.fillStyle = '#fff';
-            ctx.fillRect(0, 0, side, side);
-            ctx.drawImage(i, 0, 0, side, side);
-            const d = ctx.getImageData(0, 0, side, side).data, grey = [];
+            // Find the drawn part (not white) on a copy at most `big` pixels wide.
+            const scale = Math.min(1, big / i.naturalWidth);
+            work.width = Math.max(1, Math.round(i.naturalWidth * scale));
+            work.height = Math.max(1, Math.round(i.naturalHeight * scale));
+            w.fillStyle = '#fff';
+            w.fillRect(0, 0, work.width, work.height);
+            w.drawImage(i, 0, 0, work.width, work.height);
+            const px = w.getImageData(0, 0, work.width, work.height).data;
+            let x0 = work.width, y0 = work.height, x1 = -1, y1 = -1;
+            for (let y = 0; y < work.height; y++) for (let x = 0; x < work.width; x++) {
+                const k = 4 * (y * work.width + x);
+                if (px[k] + px[k + 1] + px[k + 2] < 735) {
+                    x0 = Math.min(x0, x); x1 = Math.max(x1, x);
+                    y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+                }
+            }
+            if (x1 < 0) { x0 = 0; y0 = 0; x1 = work.width - 1; y1 = work.height - 1; }
+            const cw = x1 - x0 + 1, ch = y1 - y0 + 1;
+            t.fillStyle = '#fff';
+            t.fillRect(0, 0, side, side);
+            t.drawImage(work, x0, y0, cw, ch, 0, 0, side, side);
+            const d = t.getImageData(0, 0, side, side).data, grey = [];
             for (let k = 0; k < d.length; k += 4) grey.push((d[k] + d[k + 1] + d[k + 2]) / 3);
             const src = i.currentSrc || i.src;
             return {src: src.startsWith('data:') ? 'data:... (' + (i.id || 'inline') + ')'
                          : src.split('/').pop(),
-                    alt: (i.getAttribute('alt') || '').slice(0, 50),
-                    ratio: i.naturalWidth / i.naturalHeight, grey};
+                    alt: (i.getAttribute('alt') || '').slice(0, 50), ratio: cw / ch, grey};
         });
 }"""
 
