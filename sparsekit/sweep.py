@@ -461,6 +461,9 @@ def run_sweep(
 ) -> Path:
     """Run ``notebook`` once per point of ``grid`` with papermill and collect the results.
 
+    Progress goes to stderr: one line per finished run, then ``done/total``, failures, the time
+    elapsed and an estimate of the time left.
+
     Parameters
     ----------
     notebook : str or os.PathLike
@@ -496,9 +499,6 @@ def run_sweep(
     SweepInterrupted
         On Ctrl-C: every run still going is stopped and its kernel killed, and the CSV (and
         plot) of the runs that had finished is written before this is raised.
-
-    Progress goes to stderr: one line per finished run, then ``done/total``, failures, the time
-    elapsed and an estimate of the time left.
     """
     notebook = Path(notebook)
     grid = {str(name): list(values) for name, values in grid.items()}

@@ -27,6 +27,7 @@ class SelectedBlocks(Pattern):
     """Query ``q`` attends to key ``kv`` when ``kv``'s block is chosen for ``q`` (and ``kv <= q``).
 
     Built by :func:`block_select` or :func:`moba`; bound to the length ``n`` of its table.
+    Labels: 1 the diagonal, 2 the query's own block, 3 a chosen earlier (or later) block.
 
     Attributes
     ----------
@@ -40,8 +41,6 @@ class SelectedBlocks(Pattern):
         The ``float64`` score table the blocks were chosen from.
     length : int
         Sequence length; views require ``n == length``.
-
-    Labels: 1 the diagonal, 2 the query's own block, 3 a chosen earlier (or later) block.
     """
 
     family = "block_select"
