@@ -310,3 +310,14 @@ def test_counts_at_large_n_agree_with_a_row_sample(family):
     tiles = p.block_counts(n, 128)
     assert int(tiles.sum()) == p.nnz(n)
     np.testing.assert_array_equal(tiles.sum(axis=1), counts.reshape(1024, 128).sum(axis=1))
+
+
+def test_document_binds_a_length_dependent_inner_rule_to_its_documents():
+    # Random attention drawn once for the common length 5; axial on 2 x 3 grids of 6 tokens.
+    p = sk.document([5, 5, 5], sk.random(2, seed=3))
+    table = sk.random(2, seed=3).bind(5).table
+    expected = brute_force(document_rule([5, 5, 5], lambda q, kv: kv in set(table[q].tolist())), 15)
+    check_views(p, 15, expected)
+    grids = sk.document([6, 6], sk.axial(2, 3))
+    axial = lambda q, kv: q // 3 == kv // 3 or q % 3 == kv % 3  # noqa: E731
+    check_views(grids, 12, brute_force(document_rule([6, 6], axial), 12))
