@@ -154,6 +154,19 @@ def test_views_in_small_chunks_of_rows(monkeypatch, cells, n, block_size, causal
     check_views(pattern, reference_mask(chosen, n, block_size, causal), tiles=(1, 5, block_size, 64))
 
 
+def test_moba_combines_with_static_patterns():
+    # NSA-style: the chosen blocks OR a causal sliding window; MoBA AND a window.
+    rng = np.random.default_rng(9)
+    q, k = rng.normal(size=(2, 70, 4))
+    chosen = sk.moba(q, k, 16, 2)
+    window = sk.sliding_window(10) & sk.causal()
+    for combined, expected in (
+        (chosen | window, chosen.dense(70) | window.dense(70)),
+        (chosen & sk.sliding_window(40), chosen.dense(70) & sk.sliding_window(40).dense(70)),
+    ):
+        check_views(combined, expected, tiles=(8, 16))
+
+
 # --------------------------------------------------------------------------------------------------
 # block_select from any score table
 # --------------------------------------------------------------------------------------------------
