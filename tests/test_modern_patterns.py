@@ -321,3 +321,16 @@ def test_document_binds_a_length_dependent_inner_rule_to_its_documents():
     grids = sk.document([6, 6], sk.axial(2, 3))
     axial = lambda q, kv: q // 3 == kv // 3 or q % 3 == kv % 3  # noqa: E731
     check_views(grids, 12, brute_force(document_rule([6, 6], axial), 12))
+
+
+@pytest.mark.parametrize(
+    "pattern", [sk.chunked(7), sk.causal_window(5), sk.attention_sinks(3, 4), sk.prefix_lm(10)], ids=str
+)
+@pytest.mark.parametrize("n", [10, 20, 97, 130, 261])
+def test_block_summary_matches_the_layout(pattern, n):
+    for b in (4, 16, 30):
+        layout = pattern.blocks(n, b)
+        summary = pattern.block_summary(n, b)
+        assert (summary["empty"], summary["partial"], summary["full"]) == tuple(
+            int((layout == k).sum()) for k in range(3)
+        )

@@ -31,6 +31,9 @@ class Chunked(IntervalRows):
     def _row_counts(self, n: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64) % self.chunk + 1
 
+    def _far(self) -> tuple[int, int]:
+        return self.chunk, 1  # a chunk or more apart: never allowed
+
     def _nnz_closed(self, n: int) -> int:
         whole, rest = divmod(n, self.chunk)
         return whole * self.chunk * (self.chunk + 1) // 2 + rest * (rest + 1) // 2

@@ -49,6 +49,10 @@ class AttentionSinks(IntervalRows):
         sink_end = np.minimum(self.sinks, q + 1)
         return sink_end + q + 1 - np.maximum(q + 1 - self.window, sink_end)
 
+    def _far(self) -> tuple[int, int] | None:
+        # Without sinks, a window or more below the diagonal (or any cell above it) is never allowed.
+        return (self.window, 1) if self.sinks == 0 else None
+
     def _nnz_closed(self, n: int) -> int:
         # Row q keeps min(q + 1, sinks + window) keys.
         full = self.sinks + self.window
