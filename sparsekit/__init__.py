@@ -60,6 +60,7 @@ __all__ = [
     "chunked",
     "dilated_sliding_window",
     "document",
+    "explore",
     "fixed",
     "global_tokens",
     "layer_schedule",
@@ -81,3 +82,13 @@ __all__ = [
     "tree",
     "window",
 ]
+
+
+def __getattr__(name: str):
+    # The live explorer needs matplotlib and ipywidgets: imported on first use, so `import sparsekit`
+    # stays as light as the masks it defines.
+    if name == "explore":
+        from .explorer import explore
+
+        return explore
+    raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

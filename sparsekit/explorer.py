@@ -1,0 +1,296 @@
+"""A live pattern explorer: a pattern picker, one labelled slider per parameter, the mask and its numbers.
+
+``sparsekit.explore()`` returns an ipywidgets box that works in any notebook with a running kernel;
+``make explore`` serves the same box as a page without code. Voilà was chosen for that page because it
+runs ``explore/explorer.ipynb`` in a kernel of its own per visitor and shows only the widgets (no code,
+no notebook interface to learn), and because the page and the notebooks then share this one
+implementation; a JupyterLab layout would still show the reader a notebook and its toolbar.
+
+Every family's sliders come from its factory's signature (one slider per parameter, described by the
+parameter's name) with the ranges of :data:`FAMILIES`. A move redraws by updating the data of one
+matplotlib figure that is kept (``AxesImage.set_data``, ``Line2D.set_data``) and rendering it with Agg
+to PNG bytes for an ``ipywidgets.Image``: no figure is created, no pyplot state, no output area
+cleared. Sliders update on release (``continuous_update=False``), so a drag costs one redraw. Above
+``exact_limit`` tokens the picture is the block-reduced view of :func:`sparsekit.plot.reduce_blocks`
+(the allowed share of each tile), and the page says so.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import io
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ._validate import check_int
+from .pattern import LABEL_NAMES, Pattern
+from .plot import LABEL_CMAP, LABEL_COLORS, _wrap, reduce_blocks
+
+#: Slider range of each factory parameter: ``(start, low, high, step)``. The keys of each family are
+#: its factory's parameters (checked at import); ``seed`` varies the random parts reproducibly.
+FAMILIES: dict[str, dict[str, tuple[int, int, int, int]]] = {
+    "causal": {},
+    "strided": {"window": (32, 0, 256, 1), "stride": (32, 1, 256, 1)},
+    "fixed": {"block": (32, 1, 256, 1), "summary": (4, 0, 32, 1)},
+    "sliding_window": {"window": (32, 0, 256, 2)},
+    "dilated_sliding_window": {"window": (16, 0, 128, 2), "dilation": (2, 1, 8, 1)},
+    "block_local": {"block": (64, 1, 256, 1)},
+    "axial": {"height": (32, 1, 64, 1), "width": (32, 1, 64, 1)},
+    "longformer": {"window": (32, 0, 256, 2), "global_width": (4, 0, 64, 1)},
+    "bigbird": {
+        "nz_per_row": (3, 0, 32, 1),
+        "diagonal_width": (3, 0, 64, 1),
+        "global_width": (2, 0, 64, 1),
+        "seed": (0, 0, 99, 1),
+    },
+    "attention_sinks": {"sinks": (4, 0, 16, 1), "window": (32, 1, 256, 1)},
+    "prefix_lm": {"prefix": (128, 0, 1024, 16)},
+    "chunked": {"chunk": (64, 1, 512, 1)},
+    "neighborhood_2d": {
+        "height": (32, 1, 64, 1),
+        "width": (32, 1, 64, 1),
+        "kernel_height": (7, 1, 63, 2),
+        "kernel_width": (7, 1, 63, 2),
+    },
+    "bigbird_blocks": {
+        "block_size": (64, 1, 256, 1),
+        "random_blocks": (3, 0, 8, 1),
+        "window_blocks": (3, 1, 9, 1),
+        "global_blocks": (2, 0, 4, 1),
+        "seed": (0, 0, 99, 1),
+    },
+}
+
+#: Families laid out on a ``height x width`` grid: their length is ``height * width``, not the n slider.
+GRID_FAMILIES = frozenset({"axial", "neighborhood_2d"})
+TILE_SIZES = (8, 16, 32, 64, 128, 256)
+#: Parameters a factory has that the explorer sets itself (bigbird's ``size`` binds the random part
+#: early, which the views do anyway).
+_NOT_SLIDERS = frozenset({"size"})
+
+
+def factory(family: str) -> Callable[..., Pattern]:
+    """The pattern factory of ``family`` (a key of :data:`FAMILIES`)."""
+    import sparsekit
+
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    return getattr(sparsekit, family)
+
+
+def slider_parameters(family: str) -> list[str]:
+    """The factory parameters of ``family`` that get a slider, in the signature's order."""
+    names = [p for p in inspect.signature(factory(family)).parameters if p not in _NOT_SLIDERS]
+    if sorted(names) != sorted(FAMILIES[family]):
+        raise RuntimeError(f"FAMILIES[{family!r}] does not match the factory's parameters {names}")
+    return names
+
+
+def build(family: str, values: dict[str, int], n: int) -> tuple[Pattern, int]:
+    """The pattern ``family(**values)`` and the length it is shown at (``height * width`` on a grid)."""
+    pattern = factory(family)(**{name: values[name] for name in slider_parameters(family)})
+    length = values["height"] * values["width"] if family in GRID_FAMILIES else n
+    return pattern, length
+
+
+def summary_text(pattern: Pattern, n: int, tile: int) -> str:
+    """The numbers the explorer prints for ``pattern`` at length ``n`` and tile size ``tile``."""
+    tile = min(tile, n)
+    return (
+        f"n = {n}: exact sparsity {pattern.sparsity(n):.4%} ({pattern.nnz(n):,} of {n * n:,} cells allowed); "
+        f"tile sparsity {pattern.block_sparsity(n, tile):.4%} of the {tile} x {tile} tiles are empty"
+    )
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least ``value`` (an axis top that rarely moves)."""
+    top = 1.0
+    while top < value:
+        for step in (2, 2.5, 2):  # 1 -> 2 -> 5 -> 10
+            top *= step
+            if top >= value:
+                break
+    return top
+
+
+def legend_html(codes) -> str:
+    """The label legend (colours of :data:`sparsekit.plot.LABEL_COLORS`) for the codes shown, as HTML."""
+    swatch = (
+        "<span style='display:inline-block;width:1em;height:1em;border:1px solid gray;background:{}'></span>"
+    )
+    return " ".join(
+        f"{swatch.format(LABEL_COLORS[code])}</span> {html.escape(LABEL_NAMES[code])}&nbsp;"
+        for code in sorted(set(codes) | {0})
+    )
+
+
+def pool_labels(labels: np.ndarray, pixels: int) -> tuple[np.ndarray, int]:
+    """Shrink a label image to at most ``pixels`` per side, each pixel the highest code of its group.
+
+    A screen shows at most ``pixels`` per side anyway; taking the highest code (rather than letting the
+    browser or matplotlib sample one cell) keeps every allowed cell visible, so a thin diagonal or a
+    single global column never disappears. Returns the pooled image and the group size (1: unchanged).
+    """
+    n = labels.shape[0]
+    group = -(-n // check_int("pixels", pixels, low=1))
+    if group == 1:
+        return labels, 1
+    padded = np.zeros((-(-n // group) * group,) * 2, dtype=labels.dtype)
+    padded[:n, :n] = labels
+    side = padded.shape[0] // group
+    return padded.reshape(side, group, side, group).max(axis=(1, 3)), group
+
+
+class Explorer:
+    """The explorer's widgets and its one figure; :attr:`widget` is what a notebook displays.
+
+    Parameters
+    ----------
+    family : str
+        The pattern shown first, a key of :data:`FAMILIES`.
+    n : int
+        Sequence length shown first; in ``[64, 16384]``.
+    tile : int
+        Tile size for the tile sparsity, one of :data:`TILE_SIZES`.
+    exact_limit : int
+        Longest length drawn cell by cell; longer ones show the block-reduced view. ``>= 64``.
+    """
+
+    def __init__(self, family: str = "strided", n: int = 1024, tile: int = 64, exact_limit: int = 2048):
+        import ipywidgets as widgets
+
+        factory(family)
+        n = check_int("n", n, low=64, high=16384)
+        if tile not in TILE_SIZES:
+            raise ValueError(f"tile must be one of {TILE_SIZES}, got {tile!r}")
+        self.exact_limit = check_int("exact_limit", exact_limit, low=64)
+        self.pixels = 320  # about the mask's width on the page, in pixels
+        style = {"description_width": "initial"}
+        self.picker = widgets.Dropdown(options=list(FAMILIES), value=family, description="pattern")
+        self.n = widgets.IntSlider(
+            value=n, min=64, max=16384, step=64, description="n", continuous_update=False, style=style
+        )
+        self.tile = widgets.SelectionSlider(
+            options=TILE_SIZES, value=tile, description="tile", continuous_update=False, style=style
+        )
+        self.sliders = {
+            (fam, name): widgets.IntSlider(
+                value=start, min=low, max=high, step=step, description=name,
+                continuous_update=False, style=style,
+            )
+            for fam in FAMILIES
+            for name, (start, low, high, step) in FAMILIES[fam].items()
+        }  # fmt: skip
+        self.parameters = widgets.VBox()
+        self.image = widgets.Image(format="png", layout={"width": "720px"})
+        self.readout = widgets.HTML()
+        self.note = widgets.HTML()
+        self.legend = widgets.HTML()
+        controls = widgets.HBox([self.picker, self.n, self.tile])
+        self.widget = widgets.VBox(
+            [controls, self.parameters, self.image, self.legend, self.readout, self.note]
+        )
+        self._figure()
+        self.picker.observe(self._family_changed, names="value")
+        for control in (self.n, self.tile, *self.sliders.values()):
+            control.observe(self._changed, names="value")
+        self._family_changed()
+
+    def _figure(self) -> None:
+        # One figure for the explorer's lifetime: a move changes its data, never its structure.
+        self.fig = Figure(figsize=(8, 3.8), dpi=90, facecolor="white")
+        FigureCanvasAgg(self.fig)
+        self.ax_mask, self.ax_rows = self.fig.subplots(1, 2, width_ratios=(1, 1.1))
+        self.im = self.ax_mask.imshow(
+            np.zeros((2, 2)), cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest"
+        )
+        self.title = self.ax_mask.set_title(" ", fontsize="small")
+        for artist in (self.im, self.title):
+            artist.set_animated(True)
+        self.ax_mask.set_xlabel("key / value index j")
+        self.ax_mask.set_ylabel("query index i")
+        (self.line,) = self.ax_rows.plot([], [], lw=1.0, color="#1c4f9c", animated=True)
+        self.ax_rows.set_xlabel("query index i")
+        self.ax_rows.set_ylabel("allowed keys in row i")
+        self.ax_rows.set_title("row-count profile", fontsize="medium")
+        self.fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.14, wspace=0.3)
+        self._frame: tuple | None = None  # what the cached background was drawn for
+
+    def values(self) -> dict[str, int]:
+        """The current slider values of the chosen family, by parameter name."""
+        family = self.picker.value
+        return {name: self.sliders[family, name].value for name in FAMILIES[family]}
+
+    def _family_changed(self, change=None) -> None:
+        family = self.picker.value
+        self.parameters.children = [self.sliders[family, name] for name in slider_parameters(family)]
+        self.n.disabled = family in GRID_FAMILIES
+        self._changed()
+
+    def _changed(self, change=None) -> None:
+        try:
+            pattern, n = build(self.picker.value, self.values(), self.n.value)
+            self._draw(pattern, n)
+        except (ValueError, MemoryError) as error:  # a bad combination: say which, keep the last picture
+            self.readout.value = f"<b style='color:#b00020'>{html.escape(str(error))}</b>"
+
+    def _draw(self, pattern: Pattern, n: int) -> None:
+        exact = n <= self.exact_limit
+        if exact:
+            picture, group = pool_labels(pattern.labels(n), self.pixels)
+            self.im.set(cmap=LABEL_CMAP, clim=(0, 3))
+            self.note.value = f"Exact mask of {n} x {n} cells" + (
+                "." if group == 1 else f", {group} x {group} cells a pixel (their highest label)."
+            )
+        else:
+            picture, reduced_tile = reduce_blocks(pattern, n, max_display=self.pixels)
+            self.im.set(cmap="Purples", clim=(0, 1))
+            self.note.value = (
+                f"Block-reduced view (n above {self.exact_limit}): each pixel is a {reduced_tile} x "
+                f"{reduced_tile} tile, shaded by its allowed share (white: empty, dark: full)."
+            )
+        self.im.set_data(picture)
+        self.legend.value = legend_html(np.unique(picture).tolist()) if exact else ""
+        self.title.set_text(_wrap(pattern.name, 48))
+        counts = pattern.row_counts(n)
+        self.line.set_data(np.arange(n), counts)
+        # Axes, ticks and labels depend only on n, the view and the profile's rounded top: drawn once per
+        # change of those (the text is most of a full draw); a move redraws the image, line and title.
+        frame = (n, exact, nice_ceiling(int(counts.max()) * 1.05))
+        if frame != self._frame:
+            self.im.set_extent((-0.5, n - 0.5, n - 0.5, -0.5))
+            self.ax_rows.set_xlim(0, n - 1)
+            self.ax_rows.set_ylim(0, frame[2])
+            self.fig.canvas.draw()
+            self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+            self._frame = frame
+        self.fig.canvas.restore_region(self._background)
+        for artist in (self.im, self.line, self.title):
+            self.fig.draw_artist(artist)
+        buffer = io.BytesIO()
+        # PIL at the lowest compression: a few ms, where matplotlib's PNG writer takes about ten times longer.
+        PIL.Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3]).save(
+            buffer, format="png", compress_level=1
+        )
+        self.image.value = buffer.getvalue()
+        self.readout.value = html.escape(summary_text(pattern, n, self.tile.value))
+
+
+def explore(family: str = "strided", n: int = 1024, tile: int = 64, exact_limit: int = 2048):
+    """The live pattern explorer as one ipywidgets box (needs a running kernel).
+
+    A pattern picker, one slider per parameter of the chosen family (labelled with the parameter's
+    name), ``n`` and the tile size; it shows the labelled mask with its legend, the row-count profile,
+    the exact sparsity and the tile sparsity, and redraws on each slider release. See :class:`Explorer`
+    for the parameters.
+
+    Returns
+    -------
+    ipywidgets.VBox
+    """
+    return Explorer(family, n, tile, exact_limit).widget
