@@ -23,7 +23,8 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
-	@echo "make test       venv, lint, unit, nbval, book and browser, stopping at the first failure"
+	@echo "make test       venv, lint, unit, nbval, book-committed and browser, stopping at the first failure"
+	@echo "make book-committed  build the book from the committed outputs (nbval verifies them)"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make unit       pytest tests"
 	@echo "make nbval      pytest --nbval on every notebook (committed outputs must reproduce)"
@@ -45,6 +46,18 @@ $(STAMP): requirements.txt pyproject.toml
 book: venv
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "The book is in _build/html/index.html"
+
+# The book from the notebooks' committed outputs, without executing them: `make test` runs this right
+# after `make nbval`, which executed every notebook and failed on any output that differs from the
+# committed one, so each notebook is executed once per `make test`. Same configuration as `make book`
+# except `execute_notebooks: "off"` (a copy in _build/; the check fails if that line ever changes).
+VERIFIED_CONFIG := _build/_config_committed_outputs.yml
+book-committed: venv
+	mkdir -p _build
+	sed 's/^  execute_notebooks: force$$/  execute_notebooks: "off"/' _config.yml > $(VERIFIED_CONFIG)
+	grep -q '^  execute_notebooks: "off"$$' $(VERIFIED_CONFIG)
+	$(BIN)/jupyter-book build . --config $(VERIFIED_CONFIG) $(JB_FLAGS)
+	@echo "The book (committed outputs) is in _build/html/index.html"
 
 # The workflow is checked offline against GitHub's workflow schema (check-jsonschema's vendored
 # copy); actionlint itself runs in the workflow, where it can download its binary.
@@ -89,7 +102,7 @@ nbval: venv
 # Every check, in order, stopping at the first failure, with the time each one took.
 test:
 	@total=$$(date +%s); \
-	for step in venv lint unit nbval book browser; do \
+	for step in venv lint unit nbval book-committed browser; do \
 		start=$$(date +%s); \
 		echo "==> make $$step"; \
 		$(MAKE) --no-print-directory $$step || { echo "==> make $$step FAILED"; exit 1; }; \

@@ -3,6 +3,8 @@
 Run by hand: ``.venv/bin/python benchmarks/bench_masks.py``. Prints:
 
 * ``dense(16384)`` for every pattern against the floor: allocating and filling an n x n bool array;
+* the closed forms at n = 2**40: ``nnz``, ``sparsity`` and ``block_summary`` of every structured pattern
+  (goal: under 50 ms each), with the exact values;
 * exact sparsity at n = 2**20 (no n x n mask is built);
 * ``blocks(131072, 128)`` for every pattern;
 * a per-cell Python loop at n = 1024 against ``dense(1024)``, for contrast.
@@ -15,6 +17,7 @@ import time
 import numpy as np
 
 import sparsekit as sk
+from sparsekit.masks.segments import paraphrase_fusion
 
 
 def best_of(fn, repeat: int = 3) -> float:
@@ -39,6 +42,14 @@ def patterns(n: int) -> dict[str, sk.Pattern]:
         "block_local(128)": sk.block_local(128),
         f"axial{grid}": sk.axial(*grid),
         "global_tokens(64)": sk.global_tokens(64),
+        "window(256)": sk.window(256),
+        "fusion(8 paraphrases)": paraphrase_fusion(
+            num_paraphrases=8,
+            tokens_per_paraphrase=n // 8 - 16,
+            separator_tokens=4,
+            prefix_tokens=100,
+            num_generated_tokens=n - 8 * (n // 8 - 16) - 28 - 100,
+        ),
         "random(32)": sk.random(32, seed=0),
         "longformer(512,64)": sk.longformer(512, 64),
         "bigbird(32,256,64)": sk.bigbird(32, 256, 64, seed=0),
@@ -52,6 +63,24 @@ def main() -> None:
     for name, p in patterns(n).items():
         t = best_of(lambda p=p: p.dense(n))
         print(f"  {name:24s} {t * 1e3:8.1f} ms  {t / floor:6.2f} x floor")
+
+    huge = 1 << 40
+    print(f"\nclosed forms at n = 2**40 = {huge} (goal: under 50 ms each; exact Python integers)")
+    for name, p in patterns(huge).items():
+        if p.bind(huge)._nnz_closed(huge) is None:
+            print(f"  {name:24s} no closed form (a union with random attention): see 2**20 below")
+            continue
+        t_nnz = best_of(lambda p=p: p.nnz(huge))
+        t_sparsity = best_of(lambda p=p: p.sparsity(huge))
+        if p.bind(huge)._block_summary_closed(huge, 128) is not None:
+            t_blocks = best_of(lambda p=p: p.block_summary(huge, 128))
+            tiles = f"block_summary {t_blocks * 1e3:6.2f} ms  empty tiles={p.block_summary(huge)['empty']}"
+        else:
+            tiles = "block_summary: no closed form (refused above the memory budget)"
+        print(
+            f"  {name:24s} nnz {t_nnz * 1e3:6.2f} ms  sparsity {t_sparsity * 1e3:6.2f} ms  "
+            f"nnz={p.nnz(huge)}  sparsity={p.sparsity(huge):.12f}  {tiles}"
+        )
 
     big = 1 << 20
     print(f"\nexact sparsity at n = 2**20 = {big}")

@@ -63,8 +63,10 @@ class MemoryBudgetError(MemoryError, ValueError):
 def set_memory_budget(nbytes: int) -> int:
     """Set the most memory (in bytes) one view may allocate; returns the previous budget.
 
-    Every view estimates what it needs before allocating (:func:`require_memory`) and raises
-    :class:`MemoryBudgetError` above the budget. The default is a quarter of the machine's memory.
+    Every view estimates what it needs before allocating
+    (:func:`~sparsekit.pattern.require_memory`) and raises
+    :class:`~sparsekit.pattern.MemoryBudgetError` above the budget. The default is a quarter of the
+    machine's memory.
     """
     previous = _memory_budget[0]
     _memory_budget[0] = check_int("nbytes", nbytes, low=1)
@@ -72,7 +74,7 @@ def set_memory_budget(nbytes: int) -> int:
 
 
 def require_memory(view: str, n: int, nbytes: int, instead: str, max_bytes: int | None = None) -> None:
-    """Raise :class:`MemoryBudgetError` when ``view`` at length ``n`` would need more than the budget.
+    """Raise ``MemoryBudgetError`` when ``view`` at length ``n`` would need more than the budget.
 
     Parameters
     ----------
@@ -85,7 +87,7 @@ def require_memory(view: str, n: int, nbytes: int, instead: str, max_bytes: int 
     instead : str
         The cheaper views to use, named in the message.
     max_bytes : int, optional
-        Budget for this call; default the one of :func:`set_memory_budget`.
+        Budget for this call; default the one of :func:`~sparsekit.set_memory_budget`.
     """
     budget = _memory_budget[0] if max_bytes is None else check_int("max_bytes", max_bytes, low=1)
     if nbytes > budget:
@@ -223,9 +225,9 @@ class Pattern:
     def dense(self, n: int, max_bytes: int | None = None) -> np.ndarray:
         """Boolean mask of shape ``(n, n)``: ``True`` where attention is allowed.
 
-        Refuses with :class:`MemoryBudgetError` (a ``MemoryError``) when the mask would exceed
-        ``max_bytes`` (default: the budget of :func:`set_memory_budget`); use :meth:`row_counts`,
-        :meth:`nnz` or :meth:`blocks` instead.
+        Refuses with :class:`~sparsekit.pattern.MemoryBudgetError` (a ``MemoryError``) when the mask
+        would exceed ``max_bytes`` (default: the budget of :func:`set_memory_budget`); use
+        :meth:`row_counts`, :meth:`nnz` or :meth:`blocks` instead.
         """
         p = self.bind(n)
         _check_budget(n, max_bytes, "dense")
@@ -367,6 +369,10 @@ class Pattern:
         representative tile per class (see :func:`_periodic_summary`).
         """
         return _periodic_summary(self, n, b)
+
+    def _leading_globals(self) -> int | None:
+        """Number of leading global tokens for global-token patterns given by a width, else None."""
+        return None
 
     def _row_counts_bytes(self, n: int) -> int:
         """Peak memory of :meth:`_row_counts`: a few ``(n,)`` arrays, plus the generic engine's tiles."""
@@ -744,6 +750,54 @@ def _periodic_summary(p: Pattern, n: int, b: int) -> tuple[int, int, int] | None
     return tally[0], tally[1], tally[2]
 
 
+def _global_union_summary(union: Pattern, core: Pattern, g: int, n: int, b: int):
+    """``(empty, partial, full)`` of ``core | (first g tokens global)`` from the core's closed form.
+
+    Only tiles in the first ``G = ceil(g / b)`` tile rows or columns change. In each such row (column)
+    the tiles near the diagonal and the clipped last tile are evaluated one by one; the far ones repeat
+    with the core's period ``m2`` (as in :func:`_periodic_summary`), so one run of ``m2`` tiles stands
+    for all of them. Each evaluated tile moves its count from the core's status to the union's.
+    """
+    base = core._block_summary_closed(n, b)
+    far = core._far()
+    if base is None or far is None or core.period is None:
+        return None
+    m2 = math.lcm(core.period, far[1], b) // b
+    near = -(-(max(far[0], 0) + b - 1) // b)
+    nb, whole, touched = -(-n // b), n // b, -(-g // b)
+    if touched * (near + m2 + 2) * b * b > _CLOSED_CELLS:
+        return None
+    tally = list(base)
+
+    def move(i: int, j: int, count: int) -> None:
+        h, w = min(b, n - i * b), min(b, n - j * b)
+        before = int(_rect_status(core.predicate, [i * b], [j * b], h, w)[0])
+        after = int(_rect_status(union.predicate, [i * b], [j * b], h, w)[0])
+        tally[before] -= count
+        tally[after] += count
+
+    def line(fixed: int, lo: int, first_far: int, along_rows: bool) -> None:
+        """Tiles ``lo..nb-1`` along a tile row (or column) ``fixed``: near ones, then far runs."""
+        tile = (lambda t: (t, fixed)) if along_rows else (lambda t: (fixed, t))
+        if fixed >= whole:  # the clipped last line (n < g + b): few tiles, all evaluated
+            for t in range(lo, nb):
+                move(*tile(t), 1)
+            return
+        start = max(lo, first_far)
+        for t in range(lo, min(start, whole)):
+            move(*tile(t), 1)
+        for t in range(start, min(start + m2, whole)):
+            move(*tile(t), (whole - 1 - t) // m2 + 1)
+        if nb > whole and nb - 1 >= lo:
+            move(*tile(nb - 1), 1)
+
+    for i in range(touched):  # tile rows holding global tokens: all their tiles
+        line(i, 0, i + near, along_rows=False)
+    for j in range(touched):  # tile columns holding global tokens, below those rows
+        line(j, touched, j + near, along_rows=True)
+    return tally[0], tally[1], tally[2]
+
+
 def _periodic_block_counts(p: Pattern, n: int, b: int, m: int) -> np.ndarray:
     """Block counts of a shift-invariant pattern from one representative tile per class.
 
@@ -814,6 +868,15 @@ class Union(Pattern):
 
     def predicate(self, q, kv):
         return reduce(lambda a, b: a | b, (p.predicate(q, kv) for p in self.parts))
+
+    def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int] | None:
+        widths = [p._leading_globals() for p in self.parts]
+        if type(self) is not Intersection and sum(w is not None for w in widths) == 1 and len(self.parts) > 1:
+            core = [p for p, w in zip(self.parts, widths, strict=True) if w is None]
+            core = core[0] if len(core) == 1 else self._rebuild(core)
+            width = next(w for w in widths if w is not None)
+            return _global_union_summary(self, core, min(width, n), n, b)
+        return super()._block_summary_closed(n, b)
 
     def _far(self) -> tuple[int, int] | None:
         fars = [p._far() for p in self.parts]

@@ -102,6 +102,21 @@ def test_longformer_closed_nnz(window, width):
             continue
         mask = brute_force(lambda i, j: band(i, j) or glob(i, j), n)
         assert p._nnz_closed(n) == int(mask.sum()) == int(p.row_counts(n).sum()), n
+        for b in BLOCKS:
+            assert p._block_summary_closed(n, b) == summary_of(tile_layout(mask, b)), (n, b)
+
+
+@pytest.mark.parametrize(
+    ("core", "width"), [("strided", 9), ("causal", 4), ("fixed", 13), ("dilated_sliding_window", 5)]
+)
+def test_union_with_leading_global_tokens_closed_block_summary(core, width):
+    params = dict(STRUCTURED)[core] if core != "strided" else {"window": 5, "stride": 7}
+    p = make(core, params) | sk.global_tokens(width)
+    rule, glob = RULES[core](**params), RULES["global_tokens"](width)
+    for n in (13, 61, 97):
+        mask = brute_force(lambda i, j: rule(i, j) or glob(i, j), n)
+        for b in BLOCKS:
+            assert p._block_summary_closed(n, b) == summary_of(tile_layout(mask, b)), (n, b)
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,9 @@ class GlobalTokens(Pattern):
     def _nnz_closed(self, n: int) -> int:
         return n * n - (n - self._count(n)) ** 2  # every cell but those between two plain tokens
 
+    def _leading_globals(self) -> int | None:
+        return self.width
+
     def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int]:
         # A tile is empty unless its rows or columns hold a global token, and full when all its rows
         # (or all its columns) are global tokens.
