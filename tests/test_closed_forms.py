@@ -73,12 +73,14 @@ def test_closed_nnz_and_block_summary_match_brute_force(family, params):
             assert (p.blocks(n, b) == tile_layout(mask, b)).all(), (p.name, n, b)
 
 
-@pytest.mark.parametrize(("height", "width"), [(1, 1), (3, 7), (7, 3), (5, 5), (4, 16)])
+@pytest.mark.parametrize(
+    ("height", "width"), [(1, 1), (1, 9), (9, 1), (3, 7), (7, 3), (5, 5), (4, 16), (9, 4), (3, 8), (5, 2)]
+)
 def test_axial_closed_forms(height, width):
     p, n = sk.axial(height, width), height * width
     mask = brute_force(RULES["axial"](height, width), n)
     assert p.nnz(n) == int(mask.sum())
-    for b in BLOCKS:
+    for b in BLOCKS + [2, 8]:  # grid rows of whole tiles, tiles of whole grid rows, neither
         assert p._block_summary_closed(n, b) == summary_of(tile_layout(mask, b)), (n, b)
 
 

@@ -49,6 +49,24 @@ class Axial(Pattern):
         # A width or more apart: different grid rows, so only the grid column (d % width) decides.
         return self.width, self.width
 
+    def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int] | None:
+        h, w = self.height, self.width
+        nb = -(-n // b)
+        if h == 1 or w == 1 or b == 1:  # every allowed tile is full: one grid line, or 1 x 1 tiles
+            allowed = nb * nb if h == 1 or w == 1 else self._nnz_closed(n)
+            return nb * nb - allowed, 0, allowed
+        if w % b == 0:
+            # k tiles per grid row, aligned: tiles in the same grid row are full; tiles in different
+            # grid rows at the same offset share grid columns on their diagonal only (partial).
+            k = w // b
+            return nb * nb - h * k * k - k * h * (h - 1), k * h * (h - 1), h * k * k
+        if b % w == 0:
+            # Each tile holds whole grid rows, so every grid column: no tile is empty. Only a tile
+            # of a single grid row (the clipped last one) on the diagonal is full.
+            full = 1 if h % (b // w) == 1 else 0
+            return 0, nb * nb - full, full
+        return super()._block_summary_closed(n, b)
+
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         # Cells of tile (I, J) in the same grid row, plus the same grid column, minus both (i == j):
         # sums over grid rows (columns) of products of per-tile histograms, i.e. matrix products.
