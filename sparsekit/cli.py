@@ -21,6 +21,7 @@ from ._validate import int_arg
 from .masks.causal import causal
 from .masks.local import dilated_sliding_window, sliding_window
 from .masks.sparse_transformer import fixed, strided
+from .pattern import require_memory
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -63,6 +64,12 @@ def run_masks(args: argparse.Namespace) -> int:
     """The ``masks`` subcommand; returns the exit code."""
     patterns = seed_patterns(args.window_size, args.stride, args.dilation)
     n = args.size
+    if not args.no_graphic:  # refuse before any work: pictures cost far more than the labels
+        if args.full_png:  # labels, RGBA pixels and the PNG encoder's copy
+            require_memory("--full_png picture", n, 10 * n * n, "--sample_size without --full_png")
+        else:  # labels with their temporaries, and matplotlib's normalized float copy
+            sample = args.sample_size
+            require_memory("--sample_size picture", sample, 64 * sample * sample, "a smaller --sample_size")
     out = sys.stdout
     out.write("Sparsity of each mask:\n")
     for name, pattern in patterns.items():
