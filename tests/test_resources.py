@@ -43,7 +43,8 @@ def random_cells(seed, n, density, shuffle):
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("m, r", [(1, 2), (3, 4), (8, 5), (16, 10), (5, 1000), (64, 7)])
+# (3, 5) and (4, 7): r = 2m - 1, the largest read limit that can still bind (m new rows and columns).
+@pytest.mark.parametrize("m, r", [(1, 2), (3, 4), (3, 5), (4, 7), (8, 5), (16, 10), (5, 1000), (64, 7)])
 def test_matches_reference_step_by_step(seed, m, r):
     cells = random_cells(seed, n=3 + seed * 2, density=0.1 + 0.07 * (seed % 5), shuffle=seed % 2 == 1)
     a = res.analyze_cells(cells, m, r)
@@ -104,6 +105,13 @@ def test_hand_checked_causal_4():
 def test_read_limit_two_gives_one_product_per_step_unless_shared():
     cells = np.array([[0, 0], [0, 0], [0, 1], [1, 1]])
     assert res.pack_steps(cells, 10, 2).tolist() == [0, 2, 3, 4]
+
+
+def test_read_limit_one_below_two_per_product_still_binds():
+    # Two products of distinct rows and columns read 4 > 3: with m = 2, r = 3 every step holds one.
+    cells = np.array([[0, 0], [1, 1], [2, 2], [3, 3]])
+    assert res.pack_steps(cells, 2, 3).tolist() == [0, 1, 2, 3, 4]
+    assert res.pack_steps(cells, 2, 4).tolist() == [0, 2, 4]  # r = 2m: never binds
 
 
 def test_orders_hand_checked():
