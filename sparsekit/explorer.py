@@ -31,7 +31,7 @@ from ._validate import check_int
 from .pattern import LABEL_NAMES, Pattern
 from .plot import LABEL_CMAP, LABEL_COLORS, _wrap, reduce_blocks
 
-#: Slider range of each factory parameter: ``(start, low, high, step)``. The keys of each family are
+#: Slider range of each factory parameter, as ``(start, low, high, step)``. The keys of each family are
 #: its factory's parameters (checked at import); ``seed`` varies the random parts reproducibly.
 FAMILIES: dict[str, dict[str, tuple[int, int, int, int]]] = {
     "causal": {},
@@ -68,6 +68,7 @@ FAMILIES: dict[str, dict[str, tuple[int, int, int, int]]] = {
 
 #: Families laid out on a ``height x width`` grid: their length is ``height * width``, not the n slider.
 GRID_FAMILIES = frozenset({"axial", "neighborhood_2d"})
+#: Tile sizes offered for the tile sparsity.
 TILE_SIZES = (8, 16, 32, 64, 128, 256)
 #: Parameters a factory has that the explorer sets itself (bigbird's ``size`` binds the random part
 #: early, which the views do anyway).
@@ -147,7 +148,7 @@ def pool_labels(labels: np.ndarray, pixels: int) -> tuple[np.ndarray, int]:
 
 
 class Explorer:
-    """The explorer's widgets and its one figure; :attr:`widget` is what a notebook displays.
+    """The explorer's widgets and its one figure; its ``widget`` is what a notebook displays.
 
     Parameters
     ----------
