@@ -1,0 +1,210 @@
+"""Paraphrase fusion on tiny Hugging Face models (random weights, saved and loaded with from_pretrained).
+
+References are independent of sparsekit's layout: the model run alone on ``prefix + paraphrase`` with its
+own causal mask and positions, ``model.generate``, a brute-force average over full recomputations, and a
+cell-by-cell count of the fusion rule.
+"""
+
+import itertools
+import os
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+from hf_models import save_tiny_model  # noqa: E402
+
+from sparsekit import hf  # noqa: E402
+
+PREFIX = "question :"
+SUFFIX = "answer :"
+PARAPHRASES = (
+    "which animal sat on the mat near the door ?",
+    "the cat sat on the mat",
+    "what did the dog find in the field after the rain ?",
+)
+FAMILIES = ("llama", "qwen2", "mistral")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """family -> (model, tokenizer) loaded with SDPA from a saved tiny model."""
+    loaded = {}
+    for family in FAMILIES:
+        folder = save_tiny_model(tmp_path_factory.mktemp(family), family, seed=1)
+        loaded[family] = hf.load(folder, backend="sdpa")
+    return loaded
+
+
+def _ids(tokenizer, text, special=False):
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def _alone_cache(model, ids):
+    """Keys and values of ``ids`` run alone: the model's own causal mask and positions 0, 1, ..."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), use_cache=True)
+    return out.past_key_values
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_keys_and_values_equal_each_paraphrase_run_alone(models, family):
+    model, tok = models[family]
+    prefix, paras = _ids(tok, PREFIX, True), [_ids(tok, p) for p in PARAPHRASES]
+    prompt = hf.fused_prompt(prefix, paras, _ids(tok, SUFFIX))
+    _, cache = hf.prefill(model, prompt, backend="sdpa")
+    start = len(prefix)
+    for para in paras:
+        alone = _alone_cache(model, prefix + para)
+        for layer, ref in zip(cache.layers, alone.layers, strict=True):
+            for fused, single in ((layer.keys, ref.keys), (layer.values, ref.values)):
+                torch.testing.assert_close(fused[:, :, : len(prefix)], single[:, :, : len(prefix)])
+                got = fused[:, :, start : start + len(para)]
+                torch.testing.assert_close(got, single[:, :, len(prefix) :], atol=1e-5, rtol=1e-4)
+        start += len(para)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", ("llama", "qwen2"))
+def test_fused_answer_does_not_depend_on_paraphrase_order(models, family):
+    model, tok = models[family]
+    runs = [
+        hf.generate(model, tok, order, PREFIX, SUFFIX, "fused", 6, "sdpa")
+        for order in itertools.permutations(PARAPHRASES)
+    ]
+    for run in runs[1:]:
+        assert run.token_ids == runs[0].token_ids
+        assert run.logprobs == pytest.approx(runs[0].logprobs, abs=1e-4)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("suffix", (SUFFIX, ""))
+def test_fused_with_one_paraphrase_is_ordinary_generation(models, family, suffix):
+    model, tok = models[family]
+    ids = _ids(tok, PREFIX, True) + _ids(tok, PARAPHRASES[0]) + _ids(tok, suffix)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=1)
+    got = hf.generate(model, tok, PARAPHRASES[:1], PREFIX, suffix, "fused", 8, "sdpa")
+    assert got.token_ids == ref[0, len(ids) :].tolist()
+
+
+@pytest.mark.timeout(120)
+def test_single_and_concat_are_ordinary_generation(models):
+    model, tok = models["llama"]
+    prefix, suffix = _ids(tok, PREFIX, True), _ids(tok, SUFFIX)
+    paras = [_ids(tok, p) for p in PARAPHRASES]
+    for mode, ids in (("single", prefix + paras[0] + suffix), ("concat", prefix + sum(paras, []) + suffix)):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=1)
+        got = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, mode, 8, "sdpa")
+        assert got.token_ids == ref[0, len(ids) :].tolist(), mode
+        assert got.prompt_tokens == len(ids) and got.attention_cells == len(ids) * (len(ids) + 1) // 2
+
+
+@pytest.mark.timeout(120)
+def test_average_is_the_mean_of_full_recomputations(models):
+    model, tok = models["qwen2"]
+    prefix, suffix = _ids(tok, PREFIX, True), _ids(tok, SUFFIX)
+    seqs = [prefix + _ids(tok, p) + suffix for p in PARAPHRASES]
+    chosen, logprobs = [], []
+    with torch.no_grad():
+        for _ in range(6):  # no cache: every step reruns each whole sequence
+            rows = [torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0, -1], -1) for s in seqs]
+            mean = torch.log_softmax(torch.stack(rows).mean(0), -1)
+            token = int(mean.argmax())
+            chosen.append(token)
+            logprobs.append(float(mean[token]))
+            if token == tok.eos_token_id:
+                break
+            seqs = [s + [token] for s in seqs]
+    got = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, "average", 6, "sdpa")
+    assert got.token_ids == chosen
+    assert got.logprobs == pytest.approx(logprobs, abs=1e-4)
+    assert got.runs == 3 and got.prompt_tokens == sum(
+        len(prefix) + len(_ids(tok, p)) + 2 for p in PARAPHRASES
+    )
+
+
+@pytest.mark.timeout(120)
+def test_fused_cells_and_positions_by_brute_force(models):
+    model, tok = models["llama"]
+    prefix, suffix = _ids(tok, PREFIX, True), _ids(tok, SUFFIX)
+    paras = [_ids(tok, p) for p in PARAPHRASES]
+    prompt = hf.fused_prompt(prefix, paras, suffix)
+    # Segment of each token: -1 prefix, i paraphrase i, k suffix (sees everything).
+    seg = [-1] * len(prefix) + [i for i, p in enumerate(paras) for _ in p] + [len(paras)] * len(suffix)
+    cells = sum(
+        1
+        for q in range(len(seg))
+        for kv in range(q + 1)
+        if seg[kv] == -1 or seg[q] == len(paras) or seg[q] == seg[kv]
+    )
+    assert prompt.cells == cells
+    positions = list(range(len(prefix)))
+    for p in paras:
+        positions += range(len(prefix), len(prefix) + len(p))
+    longest = len(prefix) + max(map(len, paras))
+    positions += range(longest, longest + len(suffix))
+    assert prompt.position_ids[0].tolist() == positions
+    assert prompt.next_position == longest + len(suffix)
+    got = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, "fused", 2, "sdpa")
+    assert got.attention_cells == cells and got.prompt_tokens == len(seg)
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.parametrize("family", ("llama", "qwen2"))
+def test_flex_block_mask_gives_the_sdpa_tokens(tmp_path, family):
+    folder = save_tiny_model(tmp_path, family, seed=2)
+    model, tok = hf.load(folder, backend="flex")
+    assert model.config._attn_implementation == "flex_attention"
+    prefix, paras = _ids(tok, PREFIX, True), [_ids(tok, p) for p in PARAPHRASES]
+    prompt = hf.fused_prompt(prefix, paras, _ids(tok, SUFFIX))
+    flex_logits, flex_cache = hf.prefill(model, prompt, backend="flex")
+    sdpa_logits, sdpa_cache = hf.prefill(model, prompt, backend="sdpa")
+    torch.testing.assert_close(flex_logits, sdpa_logits, atol=1e-4, rtol=1e-4)
+    for a, b in zip(flex_cache.layers, sdpa_cache.layers, strict=True):
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-4)
+    flex = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, "fused", 8, "flex")
+    sdpa = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, "fused", 8, "sdpa")
+    assert flex.token_ids == sdpa.token_ids
+    assert model.config._attn_implementation == "flex_attention"  # restored after SDPA decoding
+
+
+@pytest.mark.timeout(120)
+def test_compare_runs_every_mode(models):
+    model, tok = models["llama"]
+    table = hf.compare(
+        model, tok, PARAPHRASES, prefix=PREFIX, suffix=SUFFIX, max_new_tokens=3, backend="sdpa"
+    )
+    assert list(table) == list(hf.MODES)
+    for mode, run in table.items():
+        assert run.mode == mode and 1 <= len(run.token_ids) <= 3 and len(run.logprobs) == len(run.token_ids)
+        assert all(lp <= 0 for lp in run.logprobs) and 0 < run.prefill_seconds <= run.seconds
+    assert table["fused"].prompt_tokens == table["concat"].prompt_tokens
+    assert table["fused"].attention_cells < table["concat"].attention_cells
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_is_a_value_error(models, tmp_path):
+    model, tok = models["llama"]
+    with pytest.raises(ValueError, match="paraphrase 2 is empty"):
+        hf.generate(model, tok, ["the cat", " "], backend="sdpa")
+    with pytest.raises(ValueError, match="at least one"):
+        hf.generate(model, tok, [], backend="sdpa")
+    with pytest.raises(ValueError, match="suffix must hold at least one token"):
+        hf.generate(model, tok, ["the cat", "a dog"], suffix="", backend="sdpa")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        hf.generate(model, tok, ["the cat"], mode="vote", backend="sdpa")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        hf.generate(model, tok, ["the cat"], max_new_tokens=0, backend="sdpa")
+    with pytest.raises(ValueError, match="longer than the model's context of 64"):
+        hf.generate(model, tok, ["the cat " * 40], backend="sdpa")
+    with pytest.raises(ValueError, match="no such directory"):
+        hf.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="holds no model"):
+        hf.load(tmp_path)
