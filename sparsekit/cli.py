@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import resources, solve, sweep
+from . import fuse_cli, resources, solve, sweep
 from ._validate import int_arg
 from .masks.causal import causal
 from .masks.local import dilated_sliding_window, sliding_window
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_parser(subparsers)
     solve.add_parser(subparsers)
     sweep.add_parser(subparsers)
+    fuse_cli.add_parser(subparsers)
     return parser
 
 
