@@ -65,8 +65,9 @@ def run_masks(args: argparse.Namespace) -> int:
     patterns = seed_patterns(args.window_size, args.stride, args.dilation)
     n = args.size
     if not args.no_graphic:  # refuse before any work: pictures cost far more than the labels
-        if args.full_png:  # labels, RGBA pixels and the PNG encoder's copy
-            require_memory("--full_png picture", n, 10 * n * n, "--sample_size without --full_png")
+        if args.full_png:  # the labels, their RGBA pixels and the PNG encoder's copy: 10 bytes a cell
+            instead = "--sample_size without --full_png (the picture needs 10 bytes per cell)"
+            require_memory("labels", n, 10 * n * n, instead)
         else:  # labels with their temporaries, and matplotlib's normalized float copy
             sample = args.sample_size
             require_memory("--sample_size picture", sample, 64 * sample * sample, "a smaller --sample_size")
