@@ -19,7 +19,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # Quiet the debugger's note about frozen modules that new kernels print on start-up.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book lint unit nbval browser test notebooks mutants clean distclean
+.PHONY: help venv book book-committed lint unit nbval browser test notebooks mutants clean distclean
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
