@@ -16,8 +16,8 @@ attends to every earlier token, so it needs no mask.
 
 Two attention backends give the same tokens:
 
-* ``"flex"``: the prefill passes sparsekit's own :func:`sparsekit.torch.block_mask` as ``attention_mask``
-  to a model loaded with ``attn_implementation="flex_attention"`` (transformers hands a 4-D
+* ``"flex"``: the prefill passes sparsekit's own :func:`sparsekit.torch.blockmask.block_mask` as
+  ``attention_mask`` to a model loaded with ``attn_implementation="flex_attention"`` (transformers hands a 4-D
   ``BlockMask`` to ``flex_attention`` unchanged). transformers compiles ``flex_attention`` with dynamic
   shapes by default, which the CPU kernel of torch 2.13 fails to compile once a second prompt length
   arrives (C++ error ``cur_qSplitSize9`` was not declared); this module recompiles it with
@@ -119,7 +119,7 @@ def load(model: str | os.PathLike, backend: str = "flex", device: str = "cpu"):
 
     Parameters
     ----------
-    model : str or path
+    model : str
         A local directory saved with ``save_pretrained`` (model and tokenizer), or a hub name where the
         hub is reachable. A name that looks like a path (it exists, or starts with ``.``, ``/`` or ``~``)
         must be a directory.
