@@ -623,10 +623,15 @@ def test_every_picture_has_a_real_alt_text(request, name, view):
     assert not poor, f"pictures whose alt text is a file name or under three words: {poor}"
 
 
-SIDEWAYS = """() => {
+#: Code and text output must fit at both widths (on a phone the book's CSS wraps them). Tables must
+#: fit at 1280 px; on a phone a table of several long numbers cannot (breaking "2,146,435,072"
+#: inside the number would be worse), so there it may scroll inside the theme's table container,
+#: the responsive pattern readers know, and only the page itself must not scroll (test above).
+SIDEWAYS = """(tables) => {
     const blocks = document.querySelectorAll(
         'article div.highlight pre, article .cell_output pre, article .cell_output .output,'
-        + ' article .pst-scrollable-table-container, article table, article .animation');
+        + ' article .animation'
+        + (tables ? ', article .pst-scrollable-table-container, article table' : ''));
     return [...blocks].filter(e => e.getClientRects().length > 0 && e.scrollWidth > e.clientWidth + 1)
         .map(e => {
             const cell = e.closest('.cell, table, .highlight');
@@ -640,7 +645,7 @@ SIDEWAYS = """() => {
 
 @pytest.mark.parametrize(("name", "view"), per_view("sideways", PAGES))
 def test_no_block_scrolls_sideways(request, name, view):
-    wide = request.getfixturevalue(view)(name).page.evaluate(SIDEWAYS)
+    wide = request.getfixturevalue(view)(name).page.evaluate(SIDEWAYS, view == "desktop")
     assert not wide, f"blocks wider than the column at {view} width:\n" + "\n".join(wide)
 
 
