@@ -142,6 +142,21 @@ def test_paraphrase_fusion_closed_nnz(layout):
 
     mask = brute_force(rule, n)
     assert p._nnz_closed(n) == int(mask.sum()) == int(p.row_counts(n).sum())
+    for b in BLOCKS + [2, 3, 7]:  # tiles straddling span boundaries, whole spans in one tile
+        assert p._block_summary_closed(n, b) == summary_of(tile_layout(mask, b)), b
+
+
+def test_paraphrase_fusion_closed_forms_at_a_trillion_tokens():
+    # No per-token array: the layout alone (a table of 2**40 starts would need 8 TiB).
+    p = paraphrase_fusion(
+        num_paraphrases=8, tokens_per_paraphrase=2**37, separator_tokens=4, prefix_tokens=100
+    )
+    n = p.length
+    # Prefix triangle, then each paraphrase (and separator) sees the prefix and its own triangle.
+    pieces = [(2**37, 100)] * 8 + [(4, 100)] * 7
+    assert p.nnz(n) == 100 * 101 // 2 + sum(size * prefix + size * (size + 1) // 2 for size, prefix in pieces)
+    summary = p.block_summary(n, 128)
+    assert summary["empty"] + summary["partial"] + summary["full"] == summary["tiles"] == (-(-n // 128)) ** 2
 
 
 def diagonal_nnz(allowed, n: int) -> int:

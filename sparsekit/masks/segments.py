@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import check_int, check_size
-from ..pattern import DIAGONAL, GLOBAL, LOCAL, Pattern, _is_torch
+from ..pattern import _CLOSED_CELLS, DIAGONAL, GLOBAL, LOCAL, Pattern, _is_torch, _rect_status
 
 #: Kinds of token spans in a paraphrase-fusion layout, in the order they may appear.
 SEGMENT_KINDS = ("prefix", "paraphrase", "separator", "generated")
@@ -183,6 +183,52 @@ class ParaphraseFusion(Pattern):
             if span.kind in ("paraphrase", "separator"):
                 total += span.length * (self.prefix_tokens - span.start)
         return total
+
+    def _block_summary_closed(self, n: int, b: int) -> tuple[int, int, int] | None:
+        # Tiles whose rows (or columns) lie in one span form one group per span; tiles that straddle
+        # a span boundary, and the clipped last tile, are groups of one. Between two different groups
+        # the tiles are alike (one lies wholly before the other, and each row's rule depends only on
+        # its span), so one tile stands for all; inside one span's group the tiles below, on and
+        # above the diagonal are alike. O(spans**2) tiles are evaluated, whatever n.
+        nb, whole = -(-n // b), n // b
+        groups, singles = [], set()
+        for span in self.layout:
+            lo, hi = -(-span.start // b), min(span.stop // b, whole)
+            if lo < hi:
+                groups.append((lo, hi))
+            if span.start % b:
+                singles.add(span.start // b)
+        if n % b:
+            singles.add(nb - 1)
+        groups += [(t, t + 1) for t in sorted(singles)]
+        if len(groups) ** 2 * b * b > _CLOSED_CELLS:
+            return None
+        tally = [0, 0, 0]
+        # The predicate with each token's run start looked up among the spans (no per-token table).
+        firsts = np.array([span.start for span in self.layout], dtype=np.int64)
+        isolated = np.array([span.kind in ("paraphrase", "separator") for span in self.layout])
+
+        def rule(q, kv):
+            span = np.searchsorted(firsts, q, side="right") - 1
+            start = np.where(isolated[span], firsts[span], 0)
+            return (kv <= q) & ((kv < self.prefix_tokens) | (kv >= start))
+
+        def add(i: int, j: int, count: int) -> None:
+            h, w = min(b, n - i * b), min(b, n - j * b)
+            tally[int(_rect_status(rule, [i * b], [j * b], h, w)[0])] += count
+
+        for row_group in groups:
+            for col_group in groups:
+                if row_group == col_group:
+                    k = row_group[1] - row_group[0]
+                    add(row_group[0], row_group[0], k)
+                    if k > 1:
+                        add(row_group[0] + 1, row_group[0], k * (k - 1) // 2)
+                        add(row_group[0], row_group[0] + 1, k * (k - 1) // 2)
+                else:
+                    size = (row_group[1] - row_group[0]) * (col_group[1] - col_group[0])
+                    add(row_group[0], col_group[0], size)
+        return tally[0], tally[1], tally[2]
 
     def _block_counts(self, n: int, b: int) -> np.ndarray:
         # Keys of row q below c: F(q, c) = min(A, c) + min(q + 1, c) - min(start[q], c) with
