@@ -23,6 +23,13 @@ FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", True),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", False),
     "mistral": ("MistralConfig", "MistralForCausalLM", True),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", False),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", True),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", True),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", True),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", True),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", True),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", True),
 }
 
 
