@@ -288,13 +288,12 @@ def prefill(model, prompt: FusedPrompt, backend: str = "flex"):
 def _step(model, cache, token: int, position: int) -> torch.Tensor:
     """Feed one token at ``position``; it attends to the whole cache, so no mask is needed."""
     device = model.device
-    with torch.no_grad(), _implementation(model, "sdpa"):
-        out = model(
-            input_ids=torch.tensor([[token]], device=device),
-            position_ids=torch.tensor([[position]], device=device),
-            cache=cache,
-            use_cache=True,
-        )
+    out = model(
+        input_ids=torch.tensor([[token]], device=device),
+        position_ids=torch.tensor([[position]], device=device),
+        cache=cache,
+        use_cache=True,
+    )
     return out.logits[0, -1].float()
 
 
@@ -316,10 +315,11 @@ def _context(model) -> int | None:
 def _check_context(model, prompts: Sequence[FusedPrompt]) -> None:
     limit = _context(model)
     need = max(p.next_position for p in prompts)
-    if limit is not None and need > limit:
+    if limit is not None and need >= limit:
         raise ValueError(
-            f"the prompt spans {need} positions, longer than the model's context of {limit} "
-            "(max_position_embeddings): shorten the prefix or the paraphrases"
+            f"the prompt spans {need} positions, longer than the model's context of {limit} allows "
+            "(max_position_embeddings, less one position for the answer): shorten the prefix or the "
+            "paraphrases"
         )
 
 
@@ -333,20 +333,21 @@ def _decode(model, tokenizer, prompts, backend, max_new_tokens):
     eos = _eos_ids(model, tokenizer)
     limit = _context(model)
     token_ids, logprobs = [], []
-    while True:
-        mean = torch.stack([torch.log_softmax(row, -1) for row in logits]).mean(0)
-        mean = torch.log_softmax(mean, -1)  # the normalized product of the runs' distributions
-        token = int(mean.argmax())
-        token_ids.append(token)
-        logprobs.append(float(mean[token]))
-        if token in eos or len(token_ids) == max_new_tokens:
-            break
-        if limit is not None and max(p.next_position for p in prompts) + len(token_ids) > limit:
-            break  # the next token's position would fall outside the model's context
-        logits = [
-            _step(model, cache, token, p.next_position + len(token_ids) - 1)
-            for p, cache in zip(prompts, caches, strict=True)
-        ]
+    with torch.no_grad(), _implementation(model, "sdpa"):  # one query row: no mask, no compilation
+        while True:
+            mean = torch.stack([torch.log_softmax(row, -1) for row in logits]).mean(0)
+            mean = torch.log_softmax(mean, -1)  # the normalized product of the runs' distributions
+            token = int(mean.argmax())
+            token_ids.append(token)
+            logprobs.append(float(mean[token]))
+            if token in eos or len(token_ids) == max_new_tokens:
+                break
+            if limit is not None and max(p.next_position for p in prompts) + len(token_ids) >= limit:
+                break  # the next token's position would fall outside the model's context
+            logits = [
+                _step(model, cache, token, p.next_position + len(token_ids) - 1)
+                for p, cache in zip(prompts, caches, strict=True)
+            ]
     return token_ids, logprobs, prefill_seconds
 
 
@@ -386,7 +387,8 @@ def generate(
     mode : {"single", "concat", "fused", "average"}
         The ensemble (see the module docstring).
     max_new_tokens : int
-        Token budget, ``>= 1``; generation also stops at EOS or at the end of the model's context.
+        Token budget, ``>= 1``; generation also stops at EOS or at the end of the model's context
+        (no generated token's position reaches ``max_position_embeddings``, as in ``model.generate``).
     backend : {"flex", "sdpa"}
         Attention of the prefill; decoding always uses SDPA without a mask.
 

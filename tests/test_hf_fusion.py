@@ -115,6 +115,19 @@ def test_single_and_concat_are_ordinary_generation(models):
 
 
 @pytest.mark.timeout(120)
+def test_generation_stops_at_the_end_of_the_context(models):
+    model, tok = models["llama"]
+    words = "one two three four five six seven eight nine ten " * 6
+    ids = _ids(tok, words, True)[:60]  # context 64: positions 60 .. 63 remain
+    paraphrase = tok.decode(ids[1:])
+    assert _ids(tok, paraphrase, True) == ids
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_length=64, do_sample=False, pad_token_id=1)
+    got = hf.generate(model, tok, [paraphrase], suffix="", mode="single", max_new_tokens=50, backend="sdpa")
+    assert got.token_ids == ref[0, 60:].tolist() and len(got.token_ids) <= 4
+
+
+@pytest.mark.timeout(120)
 def test_average_is_the_mean_of_full_recomputations(models):
     model, tok = models["qwen2"]
     prefix, suffix = _ids(tok, PREFIX, True), _ids(tok, SUFFIX)
