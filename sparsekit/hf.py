@@ -3,7 +3,7 @@
 ``import sparsekit`` never imports this module. The prompt is laid out as :func:`sparsekit.paraphrase_fusion`
 defines it, with no separator tokens::
 
-    [prefix] [paraphrase 0] [paraphrase 1] ... [paraphrase k-1] [suffix] [generated ...]
+    [prefix] [paraphrase 0] ... [paraphrase k-1] [suffix] [generated ...]
 
 and prefilled in **one** forward pass: every paraphrase token sees the prefix and its own paraphrase only;
 the suffix (an answer cue such as ``"\\n"`` or ``"Answer:"``) lies in the pattern's generated region, so its
