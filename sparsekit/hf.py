@@ -323,6 +323,22 @@ def _check_context(model, prompts: Sequence[FusedPrompt]) -> None:
         )
 
 
+def _check_window(model, prompts: Sequence[FusedPrompt], max_new_tokens: int) -> None:
+    """Refuse runs longer than a sliding attention window: the prompt mask given to the model replaces
+    its own, so the window would be ignored in the prefill and then cut the cache during decoding."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return
+    need = max(p.length for p in prompts) + max_new_tokens
+    if need > window:
+        raise ValueError(
+            f"the prompt and max_new_tokens need {need} tokens in the cache, more than this model's "
+            f"sliding attention window of {window} (sliding_window): shorten the prompt or the budget"
+        )
+
+
 def _decode(model, tokenizer, prompts, backend, max_new_tokens):
     """Greedy decoding of one or more runs that share every choice (several runs: averaged log-probs)."""
     start = time.perf_counter()
@@ -407,6 +423,7 @@ def generate(
     prefix_ids, para_ids, suffix_ids = _encode(tokenizer, prefix, paraphrases, suffix)
     prompts = _prompts(mode, prefix_ids, para_ids, suffix_ids)
     _check_context(model, prompts)
+    _check_window(model, prompts, max_new_tokens)
     start = time.perf_counter()
     token_ids, logprobs, prefill_seconds = _decode(model, tokenizer, prompts, backend, max_new_tokens)
     seconds = time.perf_counter() - start

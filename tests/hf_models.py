@@ -51,11 +51,14 @@ def build_tokenizer(add_bos: bool):
     )
 
 
-def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0, context: int = 64) -> Path:
+def save_tiny_model(
+    folder: Path, family: str = "llama", seed: int = 0, context: int = 64, **config_options
+) -> Path:
     """Save a 2-layer, hidden-size-64 model of ``family`` with random weights and its tokenizer.
 
-    ``context`` is ``max_position_embeddings``. Weights are drawn with a larger spread than the default
-    (``initializer_range=0.3``) so that greedy choices are decisive, never near-ties.
+    ``context`` is ``max_position_embeddings``; ``config_options`` go to the config. Weights are drawn
+    with a larger spread than the default (``initializer_range=0.3``) so that greedy choices are
+    decisive, never near-ties.
     """
     import torch
     import transformers
@@ -75,6 +78,7 @@ def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0, context:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **config_options,
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()

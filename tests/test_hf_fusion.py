@@ -229,3 +229,7 @@ def test_bad_input_is_a_value_error(models, tmp_path):
         hf.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="holds no model"):
         hf.load(tmp_path)
+    windowed, tok = hf.load(save_tiny_model(tmp_path / "windowed", "mistral", sliding_window=16), "sdpa")
+    with pytest.raises(ValueError, match="sliding attention window of 16"):
+        hf.generate(windowed, tok, ["the cat sat on the mat"], "question :", max_new_tokens=8, backend="sdpa")
+    hf.generate(windowed, tok, ["the cat sat"], max_new_tokens=8, backend="sdpa")  # 1 + 3 + 8 <= 16 tokens
