@@ -146,9 +146,9 @@ def test_average_is_the_mean_of_full_recomputations(models):
     got = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, "average", 6, "sdpa")
     assert got.token_ids == chosen
     assert got.logprobs == pytest.approx(logprobs, abs=1e-4)
-    assert got.runs == 3 and got.prompt_tokens == sum(
-        len(prefix) + len(_ids(tok, p)) + 2 for p in PARAPHRASES
-    )
+    lengths = [len(prefix) + len(_ids(tok, p)) + len(suffix) for p in PARAPHRASES]
+    assert got.runs == 3 and got.prompt_tokens == sum(lengths)
+    assert got.attention_cells == sum(n * (n + 1) // 2 for n in lengths)  # k causal prefills
 
 
 @pytest.mark.timeout(120)
@@ -208,6 +208,8 @@ def test_compare_runs_every_mode(models):
         assert all(lp <= 0 for lp in run.logprobs) and 0 < run.prefill_seconds <= run.seconds
     assert table["fused"].prompt_tokens == table["concat"].prompt_tokens
     assert table["fused"].attention_cells < table["concat"].attention_cells
+    with pytest.raises(ValueError, match="repeat"):
+        hf.compare(model, tok, PARAPHRASES, repeat=0, suffix=SUFFIX, backend="sdpa")
 
 
 @pytest.mark.timeout(120)
