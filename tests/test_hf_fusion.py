@@ -235,3 +235,29 @@ def test_bad_input_is_a_value_error(models, tmp_path):
     with pytest.raises(ValueError, match="sliding attention window of 16"):
         hf.generate(windowed, tok, ["the cat sat on the mat"], "question :", max_new_tokens=8, backend="sdpa")
     hf.generate(windowed, tok, ["the cat sat"], max_new_tokens=8, backend="sdpa")  # 1 + 3 + 8 <= 16 tokens
+
+
+@pytest.mark.timeout(280)
+def test_flex_prefill_reads_the_block_tables(tmp_path, monkeypatch):
+    # Eager CPU flex_attention ignores the tile tables; the compiled one used here must not.
+    from torch.nn.attention.flex_attention import BlockMask
+
+    model, tok = hf.load(save_tiny_model(tmp_path, "llama", seed=2), backend="flex")
+    prompt = hf.fused_prompt(_ids(tok, PREFIX, True), [_ids(tok, p) for p in PARAPHRASES], _ids(tok, SUFFIX))
+    kept, _ = hf.prefill(model, prompt, backend="flex")
+    sparsekit_mask = hf._prompt_mask
+
+    def no_tiles(prompt, backend, device):
+        mask = sparsekit_mask(prompt, backend, device)
+        empty = torch.zeros_like(mask.kv_num_blocks)
+        return BlockMask.from_kv_blocks(
+            empty,
+            mask.kv_indices,
+            BLOCK_SIZE=mask.BLOCK_SIZE,
+            mask_mod=mask.mask_mod,
+            seq_lengths=mask.seq_lengths,
+        )
+
+    monkeypatch.setattr(hf, "_prompt_mask", no_tiles)
+    emptied, _ = hf.prefill(model, prompt, backend="flex")
+    assert (kept - emptied).abs().max() > 0.1
