@@ -66,6 +66,14 @@ FAMILIES: dict[str, dict[str, tuple[int, int, int, int]]] = {
     },
 }
 
+#: Slider maxima that follow another parameter: the factories' own range checks, shown as limits.
+#: ``(family, parameter): (the parameter it follows, its maximum for that value)``.
+LINKED_MAXIMA = {
+    ("fixed", "summary"): ("block", lambda block: min(block, 32)),
+    ("neighborhood_2d", "kernel_height"): ("height", lambda height: height - 1 + height % 2),  # odd
+    ("neighborhood_2d", "kernel_width"): ("width", lambda width: width - 1 + width % 2),
+}
+
 #: Families laid out on a ``height x width`` grid: their length is ``height * width``, not the n slider.
 GRID_FAMILIES = frozenset({"axial", "neighborhood_2d"})
 #: Tile sizes offered for the tile sparsity.
@@ -197,6 +205,12 @@ class Explorer:
             [controls, self.parameters, self.image, self.legend, self.readout, self.note]
         )
         self._figure()
+        for (fam, name), (source, maximum) in LINKED_MAXIMA.items():
+            linked, followed = self.sliders[fam, name], self.sliders[fam, source]
+            linked.max = maximum(followed.value)
+            # Registered before the redraw below, so a clamped value is in place when it runs.
+            follow = lambda change, s=linked, m=maximum: setattr(s, "max", m(change.new))  # noqa: E731
+            followed.observe(follow, names="value")
         self.picker.observe(self._family_changed, names="value")
         for control in (self.n, self.tile, *self.sliders.values()):
             control.observe(self._changed, names="value")
@@ -278,8 +292,9 @@ class Explorer:
         PIL.Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3]).save(
             buffer, format="png", compress_level=1
         )
-        self.image.value = buffer.getvalue()
+        # Numbers first, picture last: whoever sees the new picture also sees its numbers.
         self.readout.value = html.escape(summary_text(pattern, n, self.tile.value))
+        self.image.value = buffer.getvalue()
 
 
 def explore(family: str = "strided", n: int = 1024, tile: int = 64, exact_limit: int = 2048):

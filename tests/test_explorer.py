@@ -92,12 +92,25 @@ def test_long_masks_switch_to_the_block_reduced_view_and_say_so():
 
 
 def test_a_bad_combination_names_the_parameter_and_keeps_the_picture():
-    e = explorer.Explorer(family="neighborhood_2d", tile=8)
-    e.sliders["neighborhood_2d", "height"].value = 4
+    e = explorer.Explorer(family="prefix_lm", n=128)
+    e.sliders["prefix_lm", "prefix"].value = 128
     before = e.image.value
-    e.sliders["neighborhood_2d", "kernel_height"].value = 9
-    assert "kernel_height" in e.readout.value and "color:#b00020" in e.readout.value
+    e.n.value = 64  # the prefix is now longer than the sequence
+    assert "prefix" in e.readout.value and "color:#b00020" in e.readout.value
     assert e.image.value == before
+
+
+def test_limits_that_follow_another_parameter_keep_the_pattern_valid():
+    e = explorer.Explorer(family="neighborhood_2d", tile=8)
+    e.sliders["neighborhood_2d", "kernel_height"].value = 9
+    e.sliders["neighborhood_2d", "height"].value = 6
+    kernel = e.sliders["neighborhood_2d", "kernel_height"]
+    assert (kernel.max, kernel.value) == (5, 5)  # the largest odd kernel that fits 6 rows
+    assert "color:#b00020" not in e.readout.value and e.readout.value.startswith("n = 192: ")
+    e.picker.value = "fixed"
+    e.sliders["fixed", "summary"].value = 20
+    e.sliders["fixed", "block"].value = 8
+    assert e.sliders["fixed", "summary"].value == 8 and "color:#b00020" not in e.readout.value
 
 
 def test_pool_labels_keeps_the_highest_code_of_each_group():
