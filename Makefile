@@ -19,7 +19,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # Quiet the debugger's note about frozen modules that new kernels print on start-up.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book book-committed lint unit nbval browser test notebooks mutants clean distclean
+.PHONY: help venv book book-committed lint unit nbval browser test notebooks mutants lab explore test-live clean distclean
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
@@ -31,6 +31,9 @@ help:
 	@echo "make browser    check the built book in Chromium (installs Debian's chromium if missing)"
 	@echo "make notebooks  re-execute every notebook in place and save its outputs"
 	@echo "make mutants    plant faults in a copy of sparsekit and check the unit tests catch each"
+	@echo "make lab        live sliders: install JupyterLab (pinned) and open the introduction (Ctrl-C stops)"
+	@echo "make explore    live sliders without code: serve the pattern explorer page (Voila)"
+	@echo "make test-live  move every live slider in JupyterLab and the explorer in Chromium"
 	@echo "make clean      remove _build and runs;  make distclean  also removes .venv"
 
 venv: $(STAMP)
@@ -69,7 +72,7 @@ lint: venv
 # SPARSEKIT_COMPILE_TESTS=1: also compile FlexAttention's C++ CPU kernel (the proof that the compiled
 # kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
 unit: venv
-	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser
+	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser --ignore=tests/live
 
 # By hand, not part of `make test`: plant each fault of tests/mutants.py in a copy of the package and
 # run the unit suite on it (-x, a time limit per test); prints which test caught each fault and when.
@@ -90,6 +93,30 @@ $(BROWSER_STAMP): tests/browser/requirements.txt $(STAMP)
 browser: venv $(BROWSER_STAMP)
 	test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/python -m pytest tests/browser -q
+
+# Live sliders (issue 17): JupyterLab and Voila from requirements-live.txt, installed into .venv by
+# these targets only, so `make book` stays lean. Both listen on 127.0.0.1 only; Ctrl-C shuts the server
+# and its kernels down (answer_yes: no "Shut down? y/n" question). LAB_ARGS / EXPLORE_ARGS add options,
+# e.g. make lab LAB_ARGS="--no-browser --port=9999".
+LIVE_STAMP := $(VENV)/.live-installed
+# Jupyter refuses to run as root unless told (containers and CI runners often are root).
+AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+$(LIVE_STAMP): requirements-live.txt $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check --no-input -q -r $<
+	touch $@
+
+lab: venv $(LIVE_STAMP)
+	exec $(BIN)/jupyter-lab --ServerApp.ip=127.0.0.1 --ServerApp.answer_yes=True $(AS_ROOT) $(LAB_ARGS) \
+		notebooks/00_introduction.ipynb
+
+explore: venv $(LIVE_STAMP)
+	exec $(BIN)/voila explore/explorer.ipynb --Voila.ip=127.0.0.1 $(EXPLORE_ARGS)
+
+# Runs after `make test` in CI (.ci/run): each chapter in JupyterLab up to its live explorer, every
+# live slider moved by keyboard and mouse, and the explorer page, in Debian's Chromium.
+test-live: venv $(LIVE_STAMP) $(BROWSER_STAMP)
+	test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
+	$(BIN)/python -m pytest tests/live -q -p no:randomly
 
 nbval: venv
 	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
