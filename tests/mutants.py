@@ -117,7 +117,12 @@ MUTANTS: list[tuple[str, str, list[tuple[str, str]]]] = [
     (
         "paraphrase fusion prefix one longer",
         "masks/segments.py",
-        [("(kv < self.prefix_tokens)", "(kv <= self.prefix_tokens)")],
+        [
+            (
+                "((kv < self.prefix_tokens) | (kv >= self._run_start(q)))",
+                "((kv <= self.prefix_tokens) | (kv >= self._run_start(q)))",
+            )
+        ],
     ),
     # Labels.
     (
@@ -250,7 +255,7 @@ MUTANTS: list[tuple[str, str, list[tuple[str, str]]]] = [
     (
         "BlockMask: index rows list the unchosen tiles first",
         "torch/blockmask.py",
-        [('np.argsort(~chosen, axis=1, kind="stable")', 'np.argsort(chosen, axis=1, kind="stable")')],
+        [('np.argsort(not_chosen, axis=1, kind="stable")', 'np.argsort(~not_chosen, axis=1, kind="stable")')],
     ),
     # Attention, and the package itself.
     (
