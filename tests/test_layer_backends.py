@@ -7,6 +7,9 @@ wrong backward on either path fails here. The GPU test runs only where torch see
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -109,3 +112,27 @@ def test_classifier_without_attention_is_the_stem_alone():
 def test_classifier_without_attention_refuses_attention_options():
     with pytest.raises(ValueError, match="need a pattern"):
         layers.SparseAttentionClassifier(pattern=None, relative_position_bias=True)
+
+
+@pytest.mark.skipif(
+    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
+    reason="compiles one C++ kernel per map size (seconds each); run with SPARSEKIT_COMPILE_TESTS=1",
+)
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
+def test_compiled_layer_survives_more_shapes_than_the_recompile_limit():
+    # With the limit at 1, a single compiled flex_attention would fall back to eager (or raise) at the
+    # second map size; the layer's regions per pattern and size must keep compiling.
+    torch.manual_seed(0)
+    layer = layers.SparseAttention2d(16, 16, 1, "block", block_size=16, compile=True)
+    torch.manual_seed(0)
+    eager = layers.SparseAttention2d(16, 16, 1, "block", block_size=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+            for side in (4, 6, 8):
+                x = torch.randn(1, 16, side, side)
+                with torch.no_grad():
+                    torch.testing.assert_close(layer(x), eager(x), rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

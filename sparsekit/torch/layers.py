@@ -318,17 +318,15 @@ class _SparseAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, dtable, None, None, None
 
 
-_compiled_flex: list[Callable] = []
-
-
-def _flex(compiled: bool) -> Callable:
+def _flex(compiled: bool, mask: BlockMask) -> Callable:
     if not compiled:
         return flex_attention
-    if not _compiled_flex:
-        # dynamic=False: in torch 2.13 a dynamic-shape recompilation of the CPU kernel fails to build
-        # (C++ compile error "'cur_qSplitSize2' was not declared in this scope").
-        _compiled_flex.append(torch.compile(flex_attention, dynamic=False))
-    return _compiled_flex[0]
+    # The compile cache the fusion module keeps: one recompile region per pattern and size, bounded,
+    # so any number of map sizes and patterns compile in one process (dynamo's recompile limit would
+    # otherwise send the 9th back to eager FlexAttention).
+    from .fusion import _compiled_flex_attention
+
+    return _compiled_flex_attention(mask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,8 +365,8 @@ class SparseAttention2d(nn.Module):
         Run the forward pass with ``torch.compile(flex_attention, dynamic=False)``, a fused kernel that
         skips empty tiles (on the CPU torch 2.13 compiles FlexAttention for inference only; the backward
         is this module's tile backward either way). The first call for each shape compiles (seconds).
-        Every map size and pattern is one more compiled graph of the same function: past dynamo's
-        ``torch._dynamo.config.recompile_limit`` (8 by default) torch runs FlexAttention eagerly.
+        Each pattern and map size compiles in a recompile region of its own (the bounded cache of
+        :mod:`sparsekit.torch.fusion`), so dynamo's ``recompile_limit`` is never reached.
     **pattern_options
         Options of the named pattern, see :func:`vision_pattern`.
 
@@ -563,7 +561,7 @@ class SparseAttention2d(nn.Module):
                 bias = table.flatten(1)[:, _offsets(idx, idx, layout.width, reach)]
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
-        flex = _flex(self.compile)
+        flex = _flex(self.compile, layout.block_mask)
         width = layout.width
 
         def attend(q, k, v, table):
@@ -920,13 +918,9 @@ def measure_layer(
             layer(x).sum().backward()
 
         for label, fn in (("forward", forward), ("train", train)):
-            # Each map size and pattern is a new compiled graph of the one flex_attention function; past
-            # dynamo's recompile limit (8) it would silently run eagerly, so raise the limit here.
-            limit = max(64, torch._dynamo.config.recompile_limit)
-            with torch._dynamo.config.patch(recompile_limit=limit):
-                fn()  # warm-up: builds and caches the BlockMask, compiles if asked
-                result[f"{name}_{label}_s"] = _median_seconds(fn, repeats)
-                result[f"{name}_{label}_bytes"] = _peak_bytes(fn)
+            fn()  # warm-up: builds and caches the BlockMask, compiles if asked
+            result[f"{name}_{label}_s"] = _median_seconds(fn, repeats)
+            result[f"{name}_{label}_bytes"] = _peak_bytes(fn)
     return result
 
 
