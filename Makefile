@@ -112,11 +112,11 @@ lab: venv $(LIVE_STAMP)
 explore: venv $(LIVE_STAMP)
 	exec $(BIN)/voila explore/explorer.ipynb --Voila.ip=127.0.0.1 $(EXPLORE_ARGS)
 
-# Runs after `make test` in CI (.ci/run): each chapter in JupyterLab up to its live explorer, every
-# live slider moved by keyboard and mouse, and the explorer page, in Debian's Chromium.
+# Each chapter in JupyterLab up to its live explorer, every live slider moved by keyboard and mouse,
+# and the explorer page, in Debian's Chromium (not yet in .ci/run: some chapters still fail, see issue 17).
 test-live: venv $(LIVE_STAMP) $(BROWSER_STAMP)
 	test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
-	$(BIN)/python -m pytest tests/live -q -p no:randomly
+	$(BIN)/python -m pytest tests/live/test_live_sliders.py -q -p no:randomly
 
 nbval: venv
 	@if compgen -G "notebooks/*.ipynb" >/dev/null; then \
