@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,18 @@ def _environment(home: Path) -> dict[str, str]:
     return env
 
 
+def scratch_root(home: Path) -> Path:
+    """Copies of the chapters and their figures for the test's JupyterLab to open, run and save.
+
+    JupyterLab saves the notebooks it runs (autosave, kernel metadata, widget state); the test must
+    leave the repository's committed notebooks and figures as they are.
+    """
+    root = home / "root"
+    for folder in ("notebooks", "figures"):
+        shutil.copytree(ROOT / folder, root / folder, dirs_exist_ok=True)
+    return root
+
+
 def lab_command(port: int, token: str, home: Path) -> list[str]:
     """`make lab`'s JupyterLab, headless, with the app object exposed so a test can run cells."""
     return [
@@ -73,7 +86,7 @@ def lab_command(port: int, token: str, home: Path) -> list[str]:
         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", "--ServerApp.answer_yes=True",
         "--LabApp.expose_app_in_browser=True", f"--LabApp.workspaces_dir={home / 'workspaces'}",
         f"--LabApp.user_settings_dir={home / 'settings'}", "--LabApp.news_url=None",
-        f"--ServerApp.root_dir={ROOT}", *(["--allow-root"] if os.geteuid() == 0 else []),
+        f"--ServerApp.root_dir={scratch_root(home)}", *(["--allow-root"] if os.geteuid() == 0 else []),
     ]  # fmt: skip
 
 
