@@ -7,6 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from marks import compiles
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -79,10 +80,7 @@ def test_every_mode(saved):
     assert plain.returncode == 0 and plain.stdout == records["fused"]["text"] + "\n"
 
 
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles flex_attention's C++ kernel (about 20 s); run with SPARSEKIT_COMPILE_TESTS=1",
-)
+@compiles("compiles flex_attention's C++ kernel (about 20 s)")
 @pytest.mark.timeout(280)
 def test_the_flex_default_gives_the_sdpa_tokens(saved):
     base = ["--model", str(saved["llama"]), *BASE]

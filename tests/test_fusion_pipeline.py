@@ -9,12 +9,11 @@ recomputing the full sequence; the mask has no causal or cross-segment cells. Sk
 
 from __future__ import annotations
 
-import os
-import shutil
 import types
 
 import numpy as np
 import pytest
+from marks import compiles
 
 import sparsekit as sk
 
@@ -173,13 +172,7 @@ def test_equivalence_flex_against_dense_boolean_mask(model, run, block_size):
     assert float(mixed.abs().max()) > 100 * fz.EQUIVALENCE_TOLERANCE
 
 
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles a C++ kernel, 3 s warm but 16-24 s with a cold inductor cache on a busy 2-core "
-    "machine; run with SPARSEKIT_COMPILE_TESTS=1",
-)
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@compiles("compiles a C++ kernel, 3 s warm but 16-24 s with a cold inductor cache on a busy 2-core machine")
 def test_compiled_flex_walks_the_tile_tables(run):
     # Eager flex_attention reads only the mask_mod; the compiled kernel reads sparsekit's tile tables.
     # One compile thread: no pool of worker processes left competing with the other tests. (config.patch,
@@ -202,13 +195,7 @@ def test_compiled_flex_walks_the_tile_tables(run):
         assert float((fz.flex_attention_fn(emptied, compile=True)(q, k, v) - dense).abs().max()) > 0.1
 
 
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles 11 C++ kernels, about 30 s warm on a busy 2-core machine; run with "
-    "SPARSEKIT_COMPILE_TESTS=1",
-)
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@compiles("compiles 11 C++ kernels, about 30 s warm on a busy 2-core machine")
 def test_compiled_flex_survives_more_patterns_than_the_recompile_limit():
     # One more pattern than dynamo's recompile_limit allows one compiled function, in one process: in a
     # single cache the last one raised FailOnRecompileLimitHit. The accumulated limit is lowered so

@@ -7,10 +7,8 @@ wrong backward on either path fails here. The GPU test runs only where torch see
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
+from marks import compiles
 
 torch = pytest.importorskip("torch")
 
@@ -114,11 +112,7 @@ def test_classifier_without_attention_refuses_attention_options():
         layers.SparseAttentionClassifier(pattern=None, relative_position_bias=True)
 
 
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles one C++ kernel per map size (seconds each); run with SPARSEKIT_COMPILE_TESTS=1",
-)
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
+@compiles("compiles one C++ kernel per map size (seconds each)")
 def test_compiled_layer_survives_more_shapes_than_the_recompile_limit():
     # With the limit at 1, a single compiled flex_attention would fall back to eager (or raise) at the
     # second map size; the layer's regions per pattern and size must keep compiling.

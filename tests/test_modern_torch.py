@@ -8,12 +8,11 @@ softmax attention under the boolean mask. Compiled runs only with SPARSEKIT_COMP
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 
 import numpy as np
 import pytest
+from marks import compiles
 
 import sparsekit as sk
 
@@ -96,12 +95,7 @@ def test_flex_attention_equals_dense_masked_attention(family):
 
 # Compiling is a C++ build per family: three table-driven families at one length not a multiple of
 # 128 cover the gathers (document, tree, random blocks); the arithmetic ones compile like axial.
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles one C++ kernel per family (several seconds each); run with SPARSEKIT_COMPILE_TESTS=1",
-)
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@compiles("compiles one C++ kernel per family (several seconds each)")
 @pytest.mark.parametrize("family", ["bigbird_blocks", "document", "neighborhood_2d", "tree"])
 def test_compiled_flex_attention_equals_dense_masked_attention(family, compiled_flex):  # noqa: F811
     run_flex(compiled_flex, FAMILIES[family](300), 300, 128)

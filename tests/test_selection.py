@@ -8,14 +8,13 @@ row counts, block counts at several tile sizes, the predicate, labels, non-zeros
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from marks import compiles
 
 import sparsekit as sk
 
@@ -343,13 +342,7 @@ def test_block_mask_and_flex_attention_equal_the_dense_mask(n):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles a C++ FlexAttention kernel (tens of seconds on a busy 2-core machine); run with "
-    "SPARSEKIT_COMPILE_TESTS=1",
-)
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@compiles("compiles a C++ FlexAttention kernel (tens of seconds on a busy 2-core machine)")
 def test_compiled_flex_attention_with_chosen_blocks_equals_dense():
     # The compiled kernel lowers the mask_mod again on tiles of indices: the table lookup must stay
     # elementwise. n = 300 is not a multiple of the 128 block; the last MoBA block is partial.

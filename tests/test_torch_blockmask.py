@@ -10,12 +10,11 @@ compiled. Skipped without torch.
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 
 import numpy as np
 import pytest
+from marks import compiles
 from test_segments import allowed_intervals
 
 import sparsekit as sk
@@ -156,14 +155,10 @@ def compiled_flex():
         torch.set_num_threads(previous)
 
 
-@pytest.mark.skipif(
-    os.environ.get("SPARSEKIT_COMPILE_TESTS") != "1",
-    reason="compiles one C++ kernel per family: about 60 s in all with a cold inductor cache on a busy "
-    "2-core machine (13 s of it one-time set-up, then about 3.5 s a family), 5 s warm; run with "
-    "SPARSEKIT_COMPILE_TESTS=1",
+@compiles(
+    "compiles one C++ kernel per family: about 60 s in all with a cold inductor cache on a busy "
+    "2-core machine (13 s of it one-time set-up, then about 3.5 s a family), 5 s warm"
 )
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_compiled_flex_attention_equals_dense_masked_attention(family, compiled_flex):
     # The compiled kernel lowers the mask_mod again on tiles of indices (not as eager does): random

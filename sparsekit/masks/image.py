@@ -8,6 +8,17 @@ from .._validate import check_int, check_size
 from ..pattern import DIAGONAL, LOCAL, Pattern
 
 
+def check_grid(pattern: Pattern, n: int) -> Pattern:
+    """``pattern`` (with ``height`` and ``width``) bound to ``n``, which must be ``height * width``."""
+    n = check_size(n)
+    if n != pattern.height * pattern.width:
+        raise ValueError(
+            f"{pattern.name} covers height * width = {pattern.height * pattern.width} tokens, "
+            f"but n = {n}: n must equal height * width"
+        )
+    return pattern
+
+
 class Axial(Pattern):
     """Tokens on a ``height x width`` grid attend along their grid row and grid column."""
 
@@ -19,13 +30,7 @@ class Axial(Pattern):
         self.period = width
 
     def bind(self, n: int) -> Pattern:
-        n = check_size(n)
-        if n != self.height * self.width:
-            raise ValueError(
-                f"axial(height={self.height}, width={self.width}) covers height * width = "
-                f"{self.height * self.width} tokens, but n = {n}: n must equal height * width"
-            )
-        return self
+        return check_grid(self, n)
 
     def token(self, row: int, col: int) -> int:
         """Token index of grid position ``(row, col)`` in row-major order."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_int, check_size
+from .._validate import check_int
 from ..pattern import DIAGONAL, LOCAL, Pattern, _is_torch
 from ._intervals import IntervalRows
+from .image import check_grid
 
 
 def _clip(x, low: int, high: int):
@@ -26,13 +27,7 @@ class Neighborhood2d(IntervalRows):
         self.kernel_height, self.kernel_width = kernel_height, kernel_width
 
     def bind(self, n: int) -> Pattern:
-        n = check_size(n)
-        if n != self.height * self.width:
-            raise ValueError(
-                f"{self.name} covers height * width = {self.height * self.width} tokens, but n = {n}: "
-                f"n must equal height * width"
-            )
-        return self
+        return check_grid(self, n)
 
     def centre(self, i):
         """Clamped window centre ``(row, col)`` of token(s) ``i`` (numpy or torch)."""
