@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import html
 import inspect
-import io
 from collections.abc import Callable
 
 import numpy as np
-import PIL.Image
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ._validate import check_int
+from .live import PIXELS, LiveFigure, mask_picture
 from .pattern import LABEL_NAMES, Pattern
-from .plot import LABEL_CMAP, LABEL_COLORS, _wrap, reduce_blocks
+from .plot import LABEL_CMAP, LABEL_COLORS, _wrap
 
 #: Slider range of each factory parameter, as ``(start, low, high, step)``. The keys of each family are
 #: its factory's parameters (checked at import); ``seed`` varies the random parts reproducibly.
@@ -138,23 +135,6 @@ def legend_html(codes) -> str:
     )
 
 
-def pool_labels(labels: np.ndarray, pixels: int) -> tuple[np.ndarray, int]:
-    """Shrink a label image to at most ``pixels`` per side, each pixel the highest code of its group.
-
-    A screen shows at most ``pixels`` per side anyway; taking the highest code (rather than letting the
-    browser or matplotlib sample one cell) keeps every allowed cell visible, so a thin diagonal or a
-    single global column never disappears. Returns the pooled image and the group size (1: unchanged).
-    """
-    n = labels.shape[0]
-    group = -(-n // check_int("pixels", pixels, low=1))
-    if group == 1:
-        return labels, 1
-    padded = np.zeros((-(-n // group) * group,) * 2, dtype=labels.dtype)
-    padded[:n, :n] = labels
-    side = padded.shape[0] // group
-    return padded.reshape(side, group, side, group).max(axis=(1, 3)), group
-
-
 class Explorer:
     """The explorer's widgets and its one figure; its ``widget`` is what a notebook displays.
 
@@ -178,7 +158,7 @@ class Explorer:
         if tile not in TILE_SIZES:
             raise ValueError(f"tile must be one of {TILE_SIZES}, got {tile!r}")
         self.exact_limit = check_int("exact_limit", exact_limit, low=64)
-        self.pixels = 320  # about the mask's width on the page, in pixels
+        self.pixels = PIXELS  # about the mask's width on the page
         style = {"description_width": "initial"}
         self.picker = widgets.Dropdown(options=list(FAMILIES), value=family, description="pattern")
         self.n = widgets.IntSlider(
@@ -196,15 +176,14 @@ class Explorer:
             for name, (start, low, high, step) in FAMILIES[fam].items()
         }  # fmt: skip
         self.parameters = widgets.VBox()
-        self.image = widgets.Image(format="png", layout={"width": "720px"})
         self.readout = widgets.HTML()
         self.note = widgets.HTML()
         self.legend = widgets.HTML()
+        self._figure()
         controls = widgets.HBox([self.picker, self.n, self.tile])
         self.widget = widgets.VBox(
             [controls, self.parameters, self.image, self.legend, self.readout, self.note]
         )
-        self._figure()
         for (fam, name), (source, maximum) in LINKED_MAXIMA.items():
             linked, followed = self.sliders[fam, name], self.sliders[fam, source]
             linked.max = maximum(followed.value)
@@ -217,24 +196,25 @@ class Explorer:
         self._family_changed()
 
     def _figure(self) -> None:
-        # One figure for the explorer's lifetime: a move changes its data, never its structure.
-        self.fig = Figure(figsize=(8, 3.8), dpi=90, facecolor="white")
-        FigureCanvasAgg(self.fig)
+        # One figure for the explorer's lifetime (sparsekit.live): a move changes its data, never its
+        # structure; the axes are drawn again only when the frame (n, view, profile top) changes.
+        self.view = LiveFigure(figsize=(8, 3.8), dpi=90)
+        self.view.image.layout.width = "720px"
+        self.image = self.view.image
+        self.fig = self.view.figure
         self.ax_mask, self.ax_rows = self.fig.subplots(1, 2, width_ratios=(1, 1.1))
         self.im = self.ax_mask.imshow(
             np.zeros((2, 2)), cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest"
         )
         self.title = self.ax_mask.set_title(" ", fontsize="small")
-        for artist in (self.im, self.title):
-            artist.set_animated(True)
         self.ax_mask.set_xlabel("key / value index j")
         self.ax_mask.set_ylabel("query index i")
-        (self.line,) = self.ax_rows.plot([], [], lw=1.0, color="#1c4f9c", animated=True)
+        (self.line,) = self.ax_rows.plot([], [], lw=1.0, color="#1c4f9c")
         self.ax_rows.set_xlabel("query index i")
         self.ax_rows.set_ylabel("allowed keys in row i")
         self.ax_rows.set_title("row-count profile", fontsize="medium")
         self.fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.14, wspace=0.3)
-        self._frame: tuple | None = None  # what the cached background was drawn for
+        self.view.animate(self.im, self.line, self.title)
 
     def values(self) -> dict[str, int]:
         """The current slider values of the chosen family, by parameter name."""
@@ -255,20 +235,8 @@ class Explorer:
             self.readout.value = f"<b style='color:#b00020'>{html.escape(str(error))}</b>"
 
     def _draw(self, pattern: Pattern, n: int) -> None:
-        exact = n <= self.exact_limit
-        if exact:
-            picture, group = pool_labels(pattern.labels(n), self.pixels)
-            self.im.set(cmap=LABEL_CMAP, clim=(0, 3))
-            self.note.value = f"Exact mask of {n} x {n} cells" + (
-                "." if group == 1 else f", {group} x {group} cells a pixel (their highest label)."
-            )
-        else:
-            picture, reduced_tile = reduce_blocks(pattern, n, max_display=self.pixels)
-            self.im.set(cmap="Purples", clim=(0, 1))
-            self.note.value = (
-                f"Block-reduced view (n above {self.exact_limit}): each pixel is a {reduced_tile} x "
-                f"{reduced_tile} tile, shaded by its allowed share (white: empty, dark: full)."
-            )
+        picture, exact, self.note.value = mask_picture(pattern, n, None, self.pixels, self.exact_limit)
+        self.im.set(cmap=LABEL_CMAP if exact else "Purples", clim=(0, 3) if exact else (0, 1))
         self.im.set_data(picture)
         self.legend.value = legend_html(np.unique(picture).tolist()) if exact else ""
         self.title.set_text(_wrap(pattern.name, 48))
@@ -277,24 +245,14 @@ class Explorer:
         # Axes, ticks and labels depend only on n, the view and the profile's rounded top: drawn once per
         # change of those (the text is most of a full draw); a move redraws the image, line and title.
         frame = (n, exact, nice_ceiling(int(counts.max()) * 1.05))
-        if frame != self._frame:
+        if frame != self.view.frame:
             self.im.set_extent((-0.5, n - 0.5, n - 0.5, -0.5))
             self.ax_rows.set_xlim(0, n - 1)
             self.ax_rows.set_ylim(0, frame[2])
-            self.fig.canvas.draw()
-            self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
-            self._frame = frame
-        self.fig.canvas.restore_region(self._background)
-        for artist in (self.im, self.line, self.title):
-            self.fig.draw_artist(artist)
-        buffer = io.BytesIO()
-        # PIL at the lowest compression: a few ms, where matplotlib's PNG writer takes about ten times longer.
-        PIL.Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3]).save(
-            buffer, format="png", compress_level=1
-        )
+            self.view.frame = frame
         # Numbers first, picture last: whoever sees the new picture also sees its numbers.
         self.readout.value = html.escape(summary_text(pattern, n, self.tile.value))
-        self.image.value = buffer.getvalue()
+        self.view.render()
 
 
 def explore(family: str = "strided", n: int = 1024, tile: int = 64, exact_limit: int = 2048):
