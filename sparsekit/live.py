@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 
 import numpy as np
 import PIL.Image
@@ -226,7 +226,14 @@ class MaskView(LiveFigure):
         self.frame = shown  # the axis limits and ticks follow the side shown
 
 
-def interact(draw: Callable[..., str | None], view: LiveFigure, **controls):
+def interact(
+    draw: Callable[..., str | None],
+    view: LiveFigure,
+    /,
+    *,
+    shown: Callable[[dict], Collection[str]] | None = None,
+    **controls,
+):
     """A live cell: ``controls`` (widgets by parameter name), ``view``'s picture, a printed line and a note.
 
     On each change of a control, ``draw(**values)`` updates ``view``'s artists (and may return a line
@@ -234,6 +241,10 @@ def interact(draw: Callable[..., str | None], view: LiveFigure, **controls):
     cell's output shows the first picture. A ``ValueError`` from ``draw`` (a combination the pattern
     refuses) is printed in red and the last picture stays. Sliders get ``continuous_update=False`` (one
     redraw per release or key press) and, where missing, their parameter's name as visible label.
+
+    ``shown(values)``, if given, names the sliders that matter for the current values (with a pattern
+    picker: those of the chosen pattern); the other sliders are hidden (dropdowns always stay), so
+    every slider in view changes the picture.
 
     Returns
     -------
@@ -255,8 +266,14 @@ def interact(draw: Callable[..., str | None], view: LiveFigure, **controls):
         control.style.description_width = "initial"
 
     def changed(change=None) -> None:
+        values = {name: control.value for name, control in controls.items()}
+        if shown is not None:
+            visible = set(shown(values))
+            for name, control in controls.items():
+                if not isinstance(control, widgets.Dropdown):  # a picker always stays
+                    control.layout.display = None if name in visible else "none"
         try:
-            line = draw(**{name: control.value for name, control in controls.items()})
+            line = draw(**values)
         except ValueError as error:
             text.value = f"<b style='color:#b00020'>{html.escape(str(error))}</b>"
             return

@@ -140,3 +140,23 @@ def test_bad_arguments_name_the_parameter():
         live.interact(lambda: None, live.LiveFigure())
     with pytest.raises(ValueError, match="sample_size"):
         live.mask_picture(sk.causal(), 16, sample_size=17)
+
+
+def test_shown_hides_the_sliders_the_chosen_pattern_does_not_read():
+    view = live.MaskView(figsize=(3, 3), dpi=50)
+    builders = {
+        "strided": lambda v: sk.strided(v["window"], v["stride"]),
+        "chunked": lambda v: sk.chunked(v["chunk"]),
+    }
+    reads = {"strided": ["window", "stride"], "chunked": ["chunk"]}
+
+    def draw(family, **values):
+        view.show(builders[family](values), 32)
+
+    picker = widgets.Dropdown(options=list(builders), value="strided")
+    sliders = {name: widgets.IntSlider(value=4, min=1, max=16) for name in ("window", "stride", "chunk")}
+    live.interact(draw, view, shown=lambda values: reads[values["family"]], family=picker, **sliders)
+    hidden = lambda: sorted(name for name, s in sliders.items() if s.layout.display == "none")  # noqa: E731
+    assert hidden() == ["chunk"] and picker.layout.display is None
+    picker.value = "chunked"
+    assert hidden() == ["stride", "window"]
