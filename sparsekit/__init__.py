@@ -17,11 +17,12 @@ from .masks.local import block_local, dilated_sliding_window, sliding_window, wi
 from .masks.longrange import bigbird, global_tokens, longformer, random
 from .masks.neighborhood import neighborhood_2d
 from .masks.prefix import prefix_lm
-from .masks.segments import ParaphraseFusion, Segment, paraphrase_fusion
+from .masks.segments import ParaphraseFusion, Segment, mask_report, paraphrase_fusion
 from .masks.selection import SelectedBlocks, block_means, block_select, moba, nsa_scores, quest_scores
 from .masks.sparse_transformer import fixed, strided
 from .masks.streaming import attention_sinks, causal_window
 from .masks.tree import tree
+from .masks.vision import VISION_PATTERNS, vision_pattern
 from .pattern import (
     DIAGONAL,
     GLOBAL,
@@ -45,6 +46,7 @@ __all__ = [
     "Pattern",
     "Segment",
     "SelectedBlocks",
+    "VISION_PATTERNS",
     "attention_sinks",
     "axial",
     "bigbird",
@@ -66,6 +68,7 @@ __all__ = [
     "layer_schedule",
     "layers_to_reach",
     "longformer",
+    "mask_report",
     "masked_scores",
     "moba",
     "neighborhood_2d",
@@ -80,6 +83,7 @@ __all__ = [
     "sliding_window",
     "strided",
     "tree",
+    "vision_pattern",
     "window",
 ]
 
