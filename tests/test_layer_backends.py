@@ -12,7 +12,7 @@ from marks import compiles
 
 torch = pytest.importorskip("torch")
 
-from sparsekit.torch import layers  # noqa: E402
+from sparsekit.torch import backends, layers, training  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,7 +27,7 @@ def _reference_grads(layer, x):
     dy = torch.clamp(rows[:, None] // width - rows[None, :] // width, -reach, reach) + reach
     dx = torch.clamp(rows[:, None] % width - rows[None, :] % width, -reach, reach) + reach
 
-    def dense_attend(q, k, v, table, layout):
+    def dense_attend(q, k, v, table, layout, width):
         s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
         if table is not None:
             s = s + table[:, dy, dx]
@@ -87,7 +87,7 @@ def test_cuda_uses_flex_attention_backward(compile, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the CPU tile backward ran on a CUDA device")
 
-    monkeypatch.setattr(layers._SparseAttentionFunction, "apply", refuse)
+    monkeypatch.setattr(backends._TileAttention, "apply", refuse)
     # Compiled GPU kernels want head dimensions of at least 16 and tiles of 128.
     _check_backward("cuda", compile=compile, channels=64, side=16, block_size=128)
 
@@ -96,7 +96,7 @@ def test_classifier_without_attention_is_the_stem_alone():
     torch.manual_seed(0)
     model = layers.SparseAttentionClassifier(pattern=None, channels=8, num_heads=2)
     assert model.attention is None
-    images, _ = layers.synthetic_images(4, seed=0)
+    images, _ = training.synthetic_images(4, seed=0)
     model.eval()
     with torch.no_grad():
         logits = model(images)

@@ -16,10 +16,10 @@ from marks import compiles
 
 import sparsekit as sk
 
-torch = pytest.importorskip("torch")
-flex = pytest.importorskip("torch.nn.attention.flex_attention")
-skt = pytest.importorskip("sparsekit.torch")
-from test_torch_blockmask import (  # noqa: E402  (after the skips: the module needs torch)
+torch = pytest.importorskip("torch")  # the one optional dependency; sparsekit.torch must import
+
+import torch.nn.attention.flex_attention as flex  # noqa: E402
+from test_torch_blockmask import (  # noqa: E402  (after the skip: the module needs torch)
     BLOCK,
     TOLERANCE,
     compiled_flex,  # noqa: F401  (a fixture)
@@ -27,6 +27,8 @@ from test_torch_blockmask import (  # noqa: E402  (after the skips: the module n
     reference,
     valid_prefix,
 )
+
+import sparsekit.torch as skt  # noqa: E402
 
 LENGTHS = (64, 100, 129)
 GRIDS = {64: (8, 8, 3, 5), 100: (10, 10, 5, 3), 129: (3, 43, 3, 5), 300: (12, 25, 5, 7)}

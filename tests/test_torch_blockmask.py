@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")  # the one optional dependency; sparsekit.t
 import torch.nn.attention.flex_attention as flex  # noqa: E402
 
 import sparsekit.torch as skt  # noqa: E402
-import sparsekit.torch.fusion as fz  # noqa: E402
+from sparsekit.torch import backends  # noqa: E402
 
 BLOCK = 16
 LENGTHS = (64, 100, 129)
@@ -140,7 +140,7 @@ def test_flex_attention_equals_dense_masked_attention(family):
 
 @pytest.fixture(scope="module")
 def compiled_flex():
-    """sparsekit's compiled ``flex_attention`` (:func:`sparsekit.torch.fusion.flex_attention_fn` with
+    """sparsekit's compiled ``flex_attention`` (:func:`sparsekit.torch.backends.flex_attention_fn` with
     ``compile=True``) on one thread and one compile worker; it never runs eagerly.
 
     Each family's ``mask_mod`` is a new graph: the 14 families are more than dynamo's default
@@ -150,7 +150,7 @@ def compiled_flex():
     torch.set_num_threads(1)
     try:
         with torch._inductor.config.patch(compile_threads=1):
-            yield lambda q, k, v, block_mask: fz.flex_attention_fn(block_mask, compile=True)(q, k, v)
+            yield lambda q, k, v, block_mask: backends.flex_attention_fn(block_mask, compile=True)(q, k, v)
     finally:
         torch.set_num_threads(previous)
 

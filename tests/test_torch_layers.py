@@ -9,7 +9,6 @@ within an absolute 1e-10 (float32: 1e-5 for the output). The maps are non-square
 
 from __future__ import annotations
 
-import types
 import warnings
 
 import numpy as np
@@ -20,7 +19,7 @@ import sparsekit as sk
 torch = pytest.importorskip("torch")  # the one optional dependency; sparsekit.torch must import
 
 import sparsekit.torch as skt  # noqa: E402
-import sparsekit.torch.layers as layers  # noqa: E402
+from sparsekit.torch import backends, layers, training  # noqa: E402
 
 F = torch.nn.functional
 
@@ -126,7 +125,7 @@ def test_rows_of_full_tiles_need_no_mask():
     layer = make_layer("block", True, block=16)
     x = torch.randn(2, 8, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     pattern = layer.pattern_at(8, 8)
-    layout = layers._build_layout(pattern, 8, 8, BLOCK, False, torch.device("cpu"))
+    layout = backends.tile_layout(pattern, 64, BLOCK, flex=False)
     assert layout.tiles and all(tile.mask is None for tile in layout.tiles)
     out = layer(x)
     expected, _ = reference(layer, x, pattern.dense(64))
@@ -160,7 +159,7 @@ def test_gradients_reach_every_parameter():
         block_size=BLOCK,
         relative_position_bias=True,
     )
-    images, labels = layers.synthetic_images(8, seed=1)
+    images, labels = training.synthetic_images(8, seed=1)
     F.cross_entropy(model(images), labels).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
@@ -242,40 +241,9 @@ def test_block_mask_is_sparsekits_and_cached():
     assert layer.block_mask_at(8, 8).seq_lengths == (64, 64)
 
 
-def test_vision_pattern_maps_names_to_sparsekit_patterns():
-    n = 6 * 10
-    cases = {
-        ("block", (("block", 20),)): sk.block_local(20),
-        ("strided", ()): sk.strided(10, 10),
-        ("axial", ()): sk.axial(6, 10),
-        ("longformer", ()): sk.longformer(20, 4),
-        ("longformer", (("window", 6), ("global_width", 2))): sk.longformer(6, 2),
-    }
-    for (name, options), expected in cases.items():
-        got = layers.vision_pattern(name, 6, 10, **dict(options))
-        np.testing.assert_array_equal(got.dense(n), expected.dense(n), err_msg=name)
-    rand = layers.vision_pattern("random", 6, 10, attention_ratio=0.25, seed=7)
-    np.testing.assert_array_equal(rand.row_counts(n), np.full(n, 15))
-    np.testing.assert_array_equal(rand.dense(n), sk.random(15, seed=7).dense(n))
-    assert layers.vision_pattern("random", 6, 10, attention_ratio=0.001).nnz(n) == n  # at least one key
-    assert layers.vision_pattern("dense", 6, 10).sparsity(n) == 0.0
-    assert layers.vision_pattern(sk.causal(), 6, 10).nnz(n) == n * (n + 1) // 2
-
-
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: layers.vision_pattern("swin", 4, 4), "one of"),
-        (lambda: layers.vision_pattern("block", 4, 4, window=3), r"options \[block\]"),
-        (lambda: layers.vision_pattern("axial", 4, 4, block=3), r"options \[none\]"),
-        (lambda: layers.vision_pattern("random", 4, 4, attention_ratio=0), r"\(0, 1\]"),
-        (lambda: layers.vision_pattern("random", 4, 4, attention_ratio=1.5), "attention_ratio"),
-        (lambda: layers.vision_pattern("block", 4, 4, block=0), "block"),
-        (lambda: layers.vision_pattern("strided", 4, 4, stride=0), "stride"),
-        (lambda: layers.vision_pattern("longformer", 2, 2, global_width=5), "global_width"),
-        (lambda: layers.vision_pattern("axial", 0, 4), "height"),
-        (lambda: layers.vision_pattern(sk.axial(3, 3), 4, 4), "height \\* width"),
-        (lambda: layers.vision_pattern(sk.causal(), 4, 4, block=2), "only apply"),
         (lambda: layers.SparseAttention2d(8, 10, 3), "multiple of num_heads"),
         (lambda: layers.SparseAttention2d(8, 12, 0), "num_heads"),
         (lambda: layers.SparseAttention2d(8, 12, 3, block_size=0), "block_size"),
@@ -289,8 +257,16 @@ def test_vision_pattern_maps_names_to_sparsekit_patterns():
         (lambda: layers.SparseAttention2d(8, 12, 3)(torch.zeros(8, 4, 4)), "B x 8 x H x W"),
         (lambda: layers.SparseAttention2d(8, 12, 3, "dense").block_mask_at(4, 4), "no BlockMask"),
         (lambda: layers.SparseAttentionClassifier(feature_size=4), "feature_size"),
-        (lambda: layers.synthetic_images(0), "num_samples"),
-        (lambda: layers.measure_layer("axial", 4, 4, repeats=0), "repeats"),
+        (lambda: training.synthetic_images(0), "num_samples"),
+        (lambda: training.synthetic_images(4, num_classes=1), "num_classes"),
+        (
+            lambda: training.train_steps(torch.nn.Linear(2, 2), torch.zeros(4, 2), torch.zeros(3), 1),
+            "same length",
+        ),
+        (
+            lambda: training.train_steps(torch.nn.Linear(2, 2), torch.zeros(4, 2), torch.zeros(4), 1, lr=0),
+            "lr",
+        ),
     ],
 )
 def test_bad_inputs_raise_value_error(call, match):
@@ -299,44 +275,26 @@ def test_bad_inputs_raise_value_error(call, match):
 
 
 def test_synthetic_images_are_seeded_and_balanced():
-    images, labels = layers.synthetic_images(50, num_classes=5, seed=3)
+    images, labels = training.synthetic_images(50, num_classes=5, seed=3)
     assert images.shape == (50, 3, 32, 32) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and np.bincount(labels.numpy()).tolist() == [10] * 5
-    again, again_labels = layers.synthetic_images(50, num_classes=5, seed=3)
+    again, again_labels = training.synthetic_images(50, num_classes=5, seed=3)
     assert torch.equal(images, again) and torch.equal(labels, again_labels)
-    assert not torch.equal(images, layers.synthetic_images(50, num_classes=5, seed=4)[0])
+    assert not torch.equal(images, training.synthetic_images(50, num_classes=5, seed=4)[0])
 
 
 def test_classifier_loss_falls_and_training_is_deterministic():
-    images, labels = layers.synthetic_images(512, seed=0)
+    images, labels = training.synthetic_images(512, seed=0)
 
     def run(steps):
         torch.manual_seed(0)
         model = layers.SparseAttentionClassifier(
             pattern="axial", channels=16, num_heads=2, feature_size=8, block_size=32
         )
-        return layers.train_steps(model, images, labels, steps=steps, lr=1e-2, seed=0, batch_size=32)
+        return training.train_steps(model, images, labels, steps=steps, lr=1e-2, seed=0, batch_size=32)
 
     losses = run(30)
     assert np.isfinite(losses).all()
     assert losses[0] > 2.0  # about log(10): chance level at the start
     assert np.mean(losses[-5:]) < 0.5 * losses[0], losses  # measured: about 0.25 * losses[0]
     assert run(3) == losses[:3]
-
-
-def test_measure_layer_reports_measured_values(monkeypatch):
-    # A clock that advances 2**-7 s per reading: every timed call lasts exactly that long, so the
-    # reported times are the clock's (the median of the repeats), whatever this machine is doing.
-    ticks = iter(range(10**6))
-    monkeypatch.setattr(layers, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) / 128))
-    result = layers.measure_layer("block", 4, 8, channels=8, heads=2, repeats=3, block=8, block_size=16)
-    # block_local(8) on 32 tokens: four dense 8 x 8 diagonal blocks; at 16-token tiles, 2 of 4 empty.
-    assert result["tokens"] == 32 and result["sparsity"] == 1 - 4 * 8 * 8 / 32**2
-    assert result["empty_tiles"] == 2 / 4
-    for side in ("sparse", "dense"):
-        for what in ("forward_s", "train_s"):
-            assert result[f"{side}_{what}"] == 1 / 128
-        for what in ("forward_bytes", "train_bytes"):  # at least the output, 1 x 8 x 4 x 8 float32
-            assert isinstance(result[f"{side}_{what}"], int) and result[f"{side}_{what}"] >= 32 * 8 * 4
-    table = layers.format_measurements([result]).splitlines()
-    assert len(table) == 2 and table[1].split()[:2] == ["block", "32"]

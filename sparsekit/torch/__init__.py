@@ -4,59 +4,38 @@
 
 * :mod:`sparsekit.torch.blockmask`: a pattern as a FlexAttention ``mask_mod`` and ``BlockMask``, the
   latter built from sparsekit's own block layout without evaluating ``n x n`` cells.
-* :mod:`sparsekit.torch.fusion`: paraphrase fusion run for real: a character tokenizer, a tiny seeded
-  decoder patched with ``flex_attention``, cached generation, and the equivalence, isolation, fusion
-  and timing checks.
+* :mod:`sparsekit.torch.backends`: every way sparsekit computes attention: causal and masked SDPA,
+  FlexAttention eager or compiled (a bounded cache of compiled callables, so a process may compile any
+  number of patterns), and tile attention, whose exact backward runs where FlexAttention has none (CPU).
 * :mod:`sparsekit.torch.layers`: :class:`~sparsekit.torch.layers.SparseAttention2d`, sparse attention
-  over the pixels of a feature map (FlexAttention forward, exact block-sparse backward on the CPU,
-  relative position bias, head gates and pruning, exact attention statistics), a small classifier,
-  synthetic images and timings.
+  over the pixels of a feature map (relative position bias, head gates and pruning, exact attention
+  statistics), and a small classifier built on it.
+* :mod:`sparsekit.torch.training`: synthetic images and seeded training steps for that classifier.
+* :mod:`sparsekit.torch.measure`: time and peak memory (used by the chapters and ``benchmarks/``).
+
+Paraphrase fusion on real language models is :mod:`sparsekit.hf`; the numpy side of the seed's vision
+patterns and mask checks is :func:`sparsekit.vision_pattern` and :func:`sparsekit.mask_report`.
 """
 
+from .backends import causal_sdpa, compiled_flex_attention, flex_attention_fn, masked_sdpa_fn
 from .blockmask import block_mask, block_tables, mask_mod
-from .fusion import (
-    CharTokenizer,
-    TinyTransformer,
-    build_prompt,
-    equivalence,
-    fusion_effect,
-    generate,
-    isolation,
-    mask_report,
-    patch_flex_attention,
-    time_backends,
-    unpatch,
-)
-from .layers import (
-    SparseAttention2d,
-    SparseAttentionClassifier,
-    format_measurements,
-    measure_layer,
-    synthetic_images,
-    train_steps,
-    vision_pattern,
-)
+from .layers import SparseAttention2d, SparseAttentionClassifier
+from .measure import format_measurements, measure_layer, time_backends
+from .training import synthetic_images, train_steps
 
 __all__ = [
-    "CharTokenizer",
     "SparseAttention2d",
     "SparseAttentionClassifier",
-    "TinyTransformer",
     "block_mask",
     "block_tables",
-    "build_prompt",
-    "equivalence",
+    "causal_sdpa",
+    "compiled_flex_attention",
+    "flex_attention_fn",
     "format_measurements",
-    "fusion_effect",
-    "generate",
-    "isolation",
     "mask_mod",
-    "mask_report",
+    "masked_sdpa_fn",
     "measure_layer",
-    "patch_flex_attention",
     "synthetic_images",
     "time_backends",
     "train_steps",
-    "unpatch",
-    "vision_pattern",
 ]
