@@ -14,8 +14,9 @@ for each layout at ``n`` tokens, ``d`` features, ``block`` tile size and float32
 * the largest absolute difference between the two outputs;
 * the peak memory of ``block_sparse_attention`` for the sliding window at ``n / 4``, ``n / 2`` and ``n``
   (it follows the non-empty tiles, while the dense mask alone grows as ``n**2``);
-* then ``torch.compile(flex_attention)`` on the CPU with ``sparsekit.torch.block_mask(pattern, n, block)``
-  (skipped with ``--no-torch`` or without torch), compiled afresh for each layout: the first call
+* then compiled ``flex_attention`` on the CPU (``sparsekit.torch.flex_attention_fn(mask, compile=True)``)
+  with ``sparsekit.torch.block_mask(pattern, n, block)`` (skipped with ``--no-torch``; timing itself
+  uses :mod:`sparsekit.torch.measure`, so torch must be installed), compiled for each layout: the first call
   (compilation, or a hit in inductor's on-disk cache), the time per head, the ratio numpy
   block-sparse / flex per head, and the largest difference from the numpy output, flagged when over
   1e-3. Torch runs after every numpy timing, so its thread pool cannot disturb them.
@@ -29,15 +30,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tracemalloc
-import warnings
 
 import numpy as np
-from _timing import best_of
 
 import sparsekit as sk
 from sparsekit._validate import int_arg
 from sparsekit.attention import attention, block_sparse_attention
+from sparsekit.torch.measure import best_of, traced_peak_bytes
 
 # Name (as given to --layouts) -> pattern; the parameters are in the name.
 LAYOUTS = {
@@ -48,20 +47,6 @@ LAYOUTS = {
     "causal": lambda: sk.causal(),
     "bigbird_3_512_128": lambda: sk.bigbird(3, 512, 128, seed=0),
 }
-
-
-def peak_bytes(fn) -> int:
-    """Peak memory allocated while ``fn`` runs, above what was allocated before (tracemalloc)."""
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1] - before
-        del result
-    finally:
-        tracemalloc.stop()
-    return peak
 
 
 def blas_gflops(size: int = 2048, repeat: int = 5) -> float:
@@ -125,8 +110,8 @@ def main() -> None:
         sparse_t, sparse_out = best_of(
             lambda p=pattern, lay=layout: block_sparse_attention(q, k, v, p, b, layout=lay), repeat + 2
         )
-        dense_mem = peak_bytes(lambda p=pattern: attention(q, k, v, p))
-        sparse_mem = peak_bytes(lambda p=pattern: block_sparse_attention(q, k, v, p, b))
+        dense_mem = traced_peak_bytes(lambda p=pattern: attention(q, k, v, p))
+        sparse_mem = traced_peak_bytes(lambda p=pattern: block_sparse_attention(q, k, v, p, b))
         diff = float(np.abs(dense_out - sparse_out).max())
         speedup, ideal = dense_t / sparse_t, 1 / density
         print(
@@ -154,23 +139,20 @@ def memory_scaling(n: int, d: int, h: int, b: int) -> None:
         q, k, v = (rng.standard_normal((h, size, d), dtype=np.float32) for _ in range(3))
         pattern = LAYOUTS["sliding_window_512"]()
         tiles = int(np.count_nonzero(pattern.blocks(size, b)))
-        peak = peak_bytes(lambda p=pattern, q=q, k=k, v=v: block_sparse_attention(q, k, v, p, b))
+        peak = traced_peak_bytes(lambda p=pattern, q=q, k=k, v=v: block_sparse_attention(q, k, v, p, b))
         io = 4 * q.nbytes
         print(f"{size:7d} {tiles:16d} {peak / 2**20:11.1f} {io / 2**20:18.1f} {size * size / 2**20:15.1f}")
 
 
 def flex_section(results: dict, q, k, v, n: int, h: int, b: int, repeat: int) -> None:
-    try:
-        import torch
-        from torch.nn.attention.flex_attention import flex_attention
+    import torch
 
-        import sparsekit.torch as skt
-    except ImportError as error:
-        print(f"\nflex_attention skipped: {error}")
-        return
+    import sparsekit.torch as skt
+
     print(
-        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads: torch.compile(flex_attention), "
-        f"block_mask = sparsekit.torch.block_mask(pattern, n, {b}); per head, best of {repeat + 2}"
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads: compiled flex_attention "
+        f"(sparsekit.torch.flex_attention_fn(mask, compile=True)), mask = "
+        f"sparsekit.torch.block_mask(pattern, n, {b}); per head, best of {repeat + 2}"
     )
     print(
         f"{'layout':22s} {'1st call s':>10s} {'flex s/head':>12s} {'numpy s/head':>13s} "
@@ -178,15 +160,11 @@ def flex_section(results: dict, q, k, v, n: int, h: int, b: int, repeat: int) ->
     )
     tq, tk, tv = (torch.from_numpy(x)[None] for x in (q, k, v))
     for name, (pattern, sparse_t, sparse_out) in results.items():
-        # A fresh compilation per layout: the mask_mod is traced into the kernel.
-        torch._dynamo.reset()
-        compiled = torch.compile(flex_attention)
+        # A compilation per layout (its own recompile region): the mask_mod is traced into the kernel.
         try:
-            mask = skt.block_mask(pattern, n, b)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                compile_t, _ = best_of(lambda m=mask, f=compiled: f(tq, tk, tv, block_mask=m), 1)
-                flex_t, out = best_of(lambda m=mask, f=compiled: f(tq, tk, tv, block_mask=m), repeat + 2)
+            compiled = skt.flex_attention_fn(skt.block_mask(pattern, n, b), compile=True)
+            compile_t, _ = best_of(lambda f=compiled: f(tq, tk, tv), 1)
+            flex_t, out = best_of(lambda f=compiled: f(tq, tk, tv), repeat + 2)
         except Exception as error:  # report why inductor could not compile or run it, and go on
             print(f"{name:22s} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
             continue

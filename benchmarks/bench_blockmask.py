@@ -18,24 +18,13 @@ from __future__ import annotations
 import warnings
 
 import torch
-from _timing import best_of
 from torch.nn.attention.flex_attention import create_block_mask
 
 import sparsekit as sk
 import sparsekit.torch as skt
-from sparsekit.masks.segments import paraphrase_fusion
+from sparsekit.torch.measure import best_of, timing_pattern
 
 BLOCK = 128
-
-
-def fusion(n: int) -> sk.Pattern:
-    """Eight paraphrases with separators between a question prefix and generated tokens, n tokens."""
-    prefix, separator, generated, k = n // 32, 4, n // 16, 8
-    rest = n - prefix - generated - separator * (k - 1)
-    lengths = [rest // k] * (k - 1) + [rest - (k - 1) * (rest // k)]
-    return paraphrase_fusion(
-        lengths=lengths, separator_tokens=separator, prefix_tokens=prefix, num_generated_tokens=generated
-    )
 
 
 def patterns(n: int) -> dict[str, sk.Pattern]:
@@ -44,7 +33,7 @@ def patterns(n: int) -> dict[str, sk.Pattern]:
         "sliding_window(1024)": sk.sliding_window(1024),
         "strided(128,128)": sk.strided(128, 128),
         "longformer(512,64)": sk.longformer(512, 64),
-        "paraphrase_fusion(8)": fusion(n),
+        "paraphrase_fusion(8)": timing_pattern(n),
     }
 
 

@@ -12,22 +12,11 @@ Run by hand: ``.venv/bin/python benchmarks/bench_masks.py``. Prints:
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 import sparsekit as sk
 from sparsekit.masks.segments import paraphrase_fusion
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-        del result
-    return min(times)
+from sparsekit.torch.measure import best_of
 
 
 def patterns(n: int) -> dict[str, sk.Pattern]:
@@ -58,10 +47,10 @@ def patterns(n: int) -> dict[str, sk.Pattern]:
 
 def main() -> None:
     n = 16384
-    floor = best_of(lambda: np.ones((n, n), dtype=bool))
+    floor, _ = best_of(lambda: np.ones((n, n), dtype=bool))
     print(f"dense({n}): floor (np.ones n x n bool) = {floor * 1e3:.1f} ms")
     for name, p in patterns(n).items():
-        t = best_of(lambda p=p: p.dense(n))
+        t, _ = best_of(lambda p=p: p.dense(n))
         print(f"  {name:24s} {t * 1e3:8.1f} ms  {t / floor:6.2f} x floor")
 
     huge = 1 << 40
@@ -70,10 +59,10 @@ def main() -> None:
         if p.bind(huge)._nnz_closed(huge) is None:
             print(f"  {name:24s} no closed form (a union with random attention): see 2**20 below")
             continue
-        t_nnz = best_of(lambda p=p: p.nnz(huge))
-        t_sparsity = best_of(lambda p=p: p.sparsity(huge))
+        t_nnz, _ = best_of(lambda p=p: p.nnz(huge))
+        t_sparsity, _ = best_of(lambda p=p: p.sparsity(huge))
         if p.bind(huge)._block_summary_closed(huge, 128) is not None:
-            t_blocks = best_of(lambda p=p: p.block_summary(huge, 128))
+            t_blocks, _ = best_of(lambda p=p: p.block_summary(huge, 128))
             tiles = f"block_summary {t_blocks * 1e3:6.2f} ms  empty tiles={p.block_summary(huge)['empty']}"
         else:
             tiles = "block_summary: no closed form (refused above the memory budget)"
@@ -85,13 +74,13 @@ def main() -> None:
     big = 1 << 20
     print(f"\nexact sparsity at n = 2**20 = {big}")
     for name, p in patterns(big).items():
-        t = best_of(lambda p=p: p.sparsity(big), repeat=1)
+        t, _ = best_of(lambda p=p: p.sparsity(big), repeat=1)
         print(f"  {name:24s} {t * 1e3:8.1f} ms  sparsity {p.sparsity(big):.6%}")
 
     m = 131072
     print(f"\nblocks({m}, 128)")
     for name, p in patterns(m).items():
-        t = best_of(lambda p=p: p.blocks(m, 128), repeat=1)
+        t, _ = best_of(lambda p=p: p.blocks(m, 128), repeat=1)
         print(f"  {name:24s} {t * 1e3:8.1f} ms")
 
     small = 1024
@@ -104,8 +93,8 @@ def main() -> None:
                 out[i, j] = j <= i and (i - j < 32 or (i - j) % 32 == 0)
         return out
 
-    loop = best_of(per_cell_loop, repeat=1)
-    fast = best_of(lambda: p.dense(small))
+    loop, _ = best_of(per_cell_loop, repeat=1)
+    fast, _ = best_of(lambda: p.dense(small))
     print(f"\nper-cell Python loop, strided n = {small}: {loop * 1e3:.0f} ms; dense(): {fast * 1e3:.2f} ms")
     print(f"  dense() is {loop / fast:.0f} x faster")
 

@@ -19,9 +19,8 @@ import argparse
 import platform
 import warnings
 
-from _timing import best_of
-
 import sparsekit as sk
+from sparsekit.torch.measure import best_of
 
 
 def patterns(n: int) -> dict[str, sk.Pattern]:

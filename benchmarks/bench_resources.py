@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from sparsekit import resources as res
+from sparsekit.torch.measure import best_of
 
 
 def per_point_loop(cells: np.ndarray, m: int, r: int) -> tuple[list[int], list[int], list[int]]:
@@ -46,12 +46,8 @@ def compare(n: int, masks: list[str], m: int, r: int) -> None:
     for name in masks:
         pattern = res.build_mask(name, n)
         cells = res.ordered_nonzeros(pattern, n)
-        t0 = time.perf_counter()
-        sizes, rows, cols = per_point_loop(cells, m, r)
-        loop = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        a = res.analyze(pattern, n, m, r)
-        fast = time.perf_counter() - t0
+        loop, (sizes, rows, cols) = best_of(lambda c=cells: per_point_loop(c, m, r), 1)
+        fast, a = best_of(lambda p=pattern: res.analyze(p, n, m, r), 1)
         assert a.products.tolist() == sizes and a.rows.tolist() == rows and a.cols.tolist() == cols
         print(f"{name:<24}{a.nnz:>10}{loop:>9.3f}{fast:>10.3f}{loop / fast:>7.1f}x")
 
@@ -61,9 +57,7 @@ def scale(n: int, masks: list[str], m: int, r: int) -> None:
     total = 0.0
     for name in masks:
         pattern = res.build_mask(name, n)
-        t0 = time.perf_counter()
-        a = res.analyze(pattern, n, m, r)
-        took = time.perf_counter() - t0
+        took, a = best_of(lambda p=pattern: res.analyze(p, n, m, r), 1)
         total += took
         print(f"{name:<24}{a.nnz:>12} products {a.num_steps:>9} steps {took:>7.2f} s")
     print(f"{'all':<24}{total:>43.2f} s")

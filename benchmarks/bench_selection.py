@@ -16,10 +16,10 @@ Ratios divide the baseline by sparsekit's time. Times are the best of a few runs
 from __future__ import annotations
 
 import numpy as np
-from _timing import best_of
 
 import sparsekit as sk
 from sparsekit.pattern import Pattern
+from sparsekit.torch.measure import best_of
 
 D, BLOCK, TOP_K = 64, 512, 3
 
