@@ -1,8 +1,9 @@
 """A pipeline flowchart drawn with matplotlib from one configuration dict.
 
-The default stages are the seven steps of paraphrase fusion with FlexAttention (see the
-FlexAttention chapter): input, concatenation with position tracking, mask creation, patching the
-model, encoding, the generation loop with fusion, and decoding. Sizes and colours come from
+The default stages are the seven steps of paraphrase fusion on a Hugging Face model (see the
+FlexAttention chapter), each box naming the :mod:`sparsekit.hf` or :mod:`sparsekit.torch` call that
+performs it: loading, tokenizing, the fused layout with per-segment positions, the ``BlockMask``,
+the one-pass prefill, greedy generation and decoding. Sizes and colours come from
 :data:`FLOWCHART_CONFIG`; pass a dict with the keys to change.
 """
 
@@ -42,23 +43,27 @@ FLOWCHART_CONFIG: dict[str, object] = {
     "color_output": "#FCE4EC",
 }
 
-#: The seven stages of the paraphrase-fusion pipeline, with the sparsekit calls that perform them.
+#: The seven stages of paraphrase fusion on a Hugging Face model, each with the call that performs it.
 FUSION_STAGES: tuple[Stage, ...] = (
-    Stage("1. Input preparation", "question and k paraphrases as text; CharTokenizer", "input"),
+    Stage("1. Load the model", 'model, tok = sparsekit.hf.load(path, backend="flex")', "input"),
+    Stage("2. Tokenize", "hf.encode(tok, prefix, paraphrases, suffix) -> token ids", "input"),
     Stage(
-        "2. Concatenation with position tracking",
-        "build_prompt: [question][para 1][sep]...[answer sep] + spans",
+        "3. Lay out the prompt",
+        "hf.fused_prompt(...): ids, per-segment position ids, pattern",
         "processing",
     ),
-    Stage("3. Mask creation", "paraphrase_fusion(lengths, ...) -> block_mask(pattern, n, 128)", "attention"),
-    Stage("4. Patch the model", "patch_flex_attention: SDPA -> flex_attention(q, k, v, mask)", "attention"),
-    Stage("5. Encoding phase", "one pass over the prompt: segments isolated, KV cache filled", "attention"),
+    Stage("4. Build the mask", "sparsekit.torch.block_mask(pattern, n): tile tables", "attention"),
     Stage(
-        "6. Generation loop with fusion",
-        "generate: one token per step, attending to every paraphrase",
+        "5. Prefill in one forward pass",
+        "hf.prefill(model, prompt): flex_attention, DynamicCache",
+        "attention",
+    ),
+    Stage(
+        "6. Generate greedily",
+        "hf.generate: one token per step, SDPA with no mask",
         "generation",
     ),
-    Stage("7. Decode output", "tokenizer.decode(tokens) -> text", "output"),
+    Stage("7. Decode the answer", "tok.decode(token_ids) -> text", "output"),
 )
 
 

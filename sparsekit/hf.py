@@ -57,8 +57,14 @@ __all__ = [
     "FusedPrompt",
     "Generation",
     "compare",
+    "compile_timing",
+    "emptied",
+    "encode",
+    "extend",
     "fused_prompt",
     "generate",
+    "inductor_cache_counts",
+    "isolation_gaps",
     "load",
     "prefill",
 ]
@@ -161,9 +167,14 @@ def _one_line(error: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------
 # Prompts
 # ------------------------------------------------------------------------------------------------
-def _encode(tokenizer, prefix: str, paraphrases: Sequence[str], suffix: str):
-    """Token ids of the prefix (with the tokenizer's special tokens, e.g. BOS), each paraphrase and
-    the suffix (without)."""
+def encode(
+    tokenizer, prefix: str, paraphrases: Sequence[str], suffix: str
+) -> tuple[list[int], list[list[int]], list[int]]:
+    """Token ids ``(prefix, [paraphrase, ...], suffix)``: the prefix with the tokenizer's special tokens
+    (e.g. BOS; a BOS alone when the prefix is empty), each paraphrase and the suffix without.
+
+    Raises ``ValueError`` for a paraphrase that is empty or has no tokens, and for no paraphrase.
+    """
     if not isinstance(prefix, str):
         raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
     if not isinstance(suffix, str):
@@ -219,6 +230,28 @@ def _causal_prompt(ids: Sequence[int]) -> FusedPrompt:
     return FusedPrompt(_row(ids), _row(range(len(ids))), None, len(ids))
 
 
+def extend(prompt: FusedPrompt, token_ids: Sequence[int]) -> FusedPrompt:
+    """The whole sequence after generation: the prompt followed by ``token_ids``.
+
+    The generated tokens take positions ``next_position, next_position + 1, ...`` and join the
+    pattern's generated region (rows that see every earlier token), so one forward pass of the result
+    under its own mask reproduces what the cached decoding computed token by token.
+    """
+    extra = [int(t) for t in token_ids]
+    ids = torch.cat([prompt.ids, _row(extra).reshape(1, len(extra))], dim=1)
+    start = prompt.next_position
+    positions = torch.cat([prompt.position_ids, _row(range(start, start + len(extra))).reshape(1, -1)], 1)
+    pattern = prompt.pattern
+    if pattern is not None:
+        pattern = paraphrase_fusion(
+            lengths=pattern.lengths,
+            separator_tokens=pattern.separator_tokens,
+            prefix_tokens=pattern.prefix_tokens,
+            num_generated_tokens=pattern.num_generated_tokens + len(extra),
+        )
+    return FusedPrompt(ids, positions, pattern, start + len(extra))
+
+
 def _row(values) -> torch.Tensor:
     return torch.tensor([list(values)], dtype=torch.int64)
 
@@ -266,23 +299,123 @@ def _prompt_mask(prompt: FusedPrompt, backend: str, device):
     return torch.from_numpy(pattern.dense(n)).to(device)[None, None]
 
 
-def prefill(model, prompt: FusedPrompt, backend: str = "flex"):
-    """Run the prompt in one forward pass; returns ``(logits of the last row, DynamicCache)``."""
+def prefill(model, prompt: FusedPrompt, backend: str = "flex", mask=None, every_row: bool = False):
+    """Run the prompt in one forward pass; returns ``(logits of the last row, DynamicCache)``.
+
+    ``mask`` replaces the prompt's own mask (a ``BlockMask`` for ``"flex"``, a boolean ``(1, 1, n, n)``
+    tensor for ``"sdpa"``), for probing what a backend reads, e.g. :func:`emptied`. ``every_row=True``
+    returns the logits of every row, ``(n, vocab)``, instead of the last row's.
+    """
     backend = _check_backend(backend)
     device = model.device
     cache = DynamicCache(config=model.config)
+    if mask is None:
+        mask = _prompt_mask(prompt, backend, device)
     with torch.no_grad(), _implementation(model, _IMPLEMENTATION[backend]):
         if backend == "flex":
             _use_static_flex()
         out = model(
             input_ids=prompt.ids.to(device),
             position_ids=prompt.position_ids.to(device),
-            attention_mask=_prompt_mask(prompt, backend, device),
+            attention_mask=mask,
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if every_row else 1,
         )
-    return out.logits[0, -1].float(), cache
+    return (out.logits[0] if every_row else out.logits[0, -1]).float(), cache
+
+
+def emptied(mask):
+    """``mask`` (a FlexAttention ``BlockMask``) with every tile table emptied, ``mask_mod`` kept.
+
+    A kernel that reads the tables computes no tile at all; one that evaluates ``mask_mod`` on every
+    cell (eager ``flex_attention`` on the CPU) gives the same output as with ``mask``.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return BlockMask.from_kv_blocks(
+        torch.zeros_like(mask.kv_num_blocks),
+        mask.kv_indices,
+        BLOCK_SIZE=mask.BLOCK_SIZE,
+        mask_mod=mask.mask_mod,
+        seq_lengths=mask.seq_lengths,
+    )
+
+
+def isolation_gaps(model, prompt: FusedPrompt, backend: str = "sdpa") -> list[float]:
+    """For each paraphrase ``i``: the largest difference, over every layer's keys and values, between
+    the fused prefill of ``prompt`` and ``prefix + paraphrase i`` run alone (the model's own causal
+    mask and positions ``0, 1, ...``, on SDPA). With per-segment positions each is ``0`` up to float
+    rounding; with positions that run on through the prompt they are not.
+    """
+    if prompt.pattern is None:
+        raise ValueError("prompt must be a fused prompt (fused_prompt), not a causal one")
+    _, fused = prefill(model, prompt, backend)
+    p = prompt.pattern.prefix_tokens
+    gaps = []
+    for span in prompt.pattern.spans("paraphrase"):
+        rows = list(range(p)) + list(range(span.start, span.stop))
+        ids = prompt.ids[:, rows].to(model.device)
+        with torch.no_grad(), _implementation(model, "sdpa"):
+            alone = model(input_ids=ids, use_cache=True).cache
+        gap = 0.0
+        for got, ref in zip(fused.layers, alone.layers, strict=True):
+            for a, b in ((got.keys, ref.keys), (got.values, ref.values)):
+                gap = max(gap, float((a[:, :, rows] - b).abs().max()))
+        gaps.append(gap)
+    return gaps
+
+
+def inductor_cache_counts() -> dict[str, int]:
+    """How many compiled graphs inductor has found in its cache (``hit``) and compiled anew (``miss``)
+    in this process so far: the difference over a call says whether its compilation was warm or cold."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"hit": inductor["fxgraph_cache_hit"], "miss": inductor["fxgraph_cache_miss"]}
+
+
+def compile_timing(
+    model,
+    tokenizer,
+    paraphrases: Sequence[str],
+    prefix: str = "",
+    suffix: str = "\n",
+    repeat: int = 3,
+) -> dict[str, float | int]:
+    """Seconds of the compiled FlexAttention prefill of the fused prompt: cold, warm and compiled.
+
+    Inside a new, empty inductor cache folder (deleted afterwards), everything compiled so far in this
+    process is dropped (``torch._dynamo.reset()``) and the first prefill is timed: a **cold** compile.
+    Dropped again, the next first prefill finds its kernels in that folder: a **warm** compile, what a
+    second run of a program pays. Then the best of ``repeat`` further calls. Returns ``cold_seconds``,
+    ``warm_seconds``, ``run_seconds``, the cache misses and hits of each first call (``cold_misses``,
+    ``cold_hits``, ``warm_misses``, ``warm_hits``) and ``prompt_tokens``. What was compiled here is
+    dropped at the end, so the next compiled call compiles again (from the default cache).
+    """
+    from torch._inductor.utils import fresh_cache
+
+    repeat = check_int("repeat", repeat, low=1)
+    prompt = fused_prompt(*encode(tokenizer, prefix, paraphrases, suffix))
+    result: dict[str, float | int] = {"prompt_tokens": prompt.length}
+    with fresh_cache():
+        for name in ("cold", "warm"):
+            torch._dynamo.reset()
+            before = inductor_cache_counts()
+            start = time.perf_counter()
+            prefill(model, prompt, "flex")
+            result[f"{name}_seconds"] = time.perf_counter() - start
+            after = inductor_cache_counts()
+            result[f"{name}_misses"] = after["miss"] - before["miss"]
+            result[f"{name}_hits"] = after["hit"] - before["hit"]
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            prefill(model, prompt, "flex")
+            times.append(time.perf_counter() - start)
+        result["run_seconds"] = min(times)
+        torch._dynamo.reset()
+    return result
 
 
 def _step(model, cache, token: int, position: int) -> torch.Tensor:
@@ -420,7 +553,7 @@ def generate(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     backend = _check_backend(backend)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, low=1)
-    prefix_ids, para_ids, suffix_ids = _encode(tokenizer, prefix, paraphrases, suffix)
+    prefix_ids, para_ids, suffix_ids = encode(tokenizer, prefix, paraphrases, suffix)
     prompts = _prompts(mode, prefix_ids, para_ids, suffix_ids)
     _check_context(model, prompts)
     _check_window(model, prompts, max_new_tokens)

@@ -252,6 +252,87 @@ def plot_fusion_mask(
     return fig
 
 
+def plot_positions(
+    pattern: ParaphraseFusion,
+    position_ids,
+    cue_tokens: int = 0,
+    ax=None,
+    title: str | None = "position id of each token",
+):
+    """Draw the position id each token of a paraphrase-fusion layout is given, against its index.
+
+    Spans are drawn in turn (the prefix in black, paraphrases alternating blue and orange, the
+    generated region in gray) with the same red and blue dashed boundaries and span names as
+    :func:`plot_fusion_mask`, so the two pictures line up when they share the token axis. Dotted
+    horizontal lines mark where every paraphrase starts (the prefix's length) and where the generated
+    tokens continue (after the longest paraphrase). ``cue_tokens`` generated-region tokens at its start
+    (an answer cue given with the prompt) are drawn hollow.
+
+    Parameters
+    ----------
+    pattern : sparsekit.ParaphraseFusion
+        The layout.
+    position_ids : array-like of int
+        One position id per token of ``pattern`` (``pattern.length`` of them).
+    cue_tokens : int
+        Tokens at the start of the generated region that belong to the prompt, ``>= 0``.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw on; a new figure when omitted.
+    title : str or None
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    positions = np.asarray(position_ids).reshape(-1)
+    if positions.shape != (pattern.length,):
+        raise ValueError(f"position_ids must hold one id per token ({pattern.length}), got {positions.size}")
+    cue = check_int("cue_tokens", cue_tokens, low=0, high=pattern.num_generated_tokens)
+    fig, ax = _axes(ax, figsize=(6, 2.6))
+    colors = {"prefix": "#000000", "separator": "#7f7f7f", "generated": "#7f7f7f"}
+    centres, names = [], []
+    for span, name in zip(pattern.layout, _span_names(pattern), strict=True):
+        if span.stop == span.start:
+            continue
+        color = colors.get(span.kind) or ("#1c4f9c", "#cc5f00")[span.index % 2]
+        index = np.arange(span.start, span.stop)
+        hollow = np.zeros(len(index), dtype=bool)
+        if span.kind == "generated":
+            hollow = index < pattern.generation_start + cue
+        ax.plot(index, positions[index], color=color, lw=1.2)
+        ax.scatter(index[~hollow], positions[index[~hollow]], s=14, color=color, zorder=3)
+        ax.scatter(
+            index[hollow], positions[index[hollow]], s=14, facecolor="white", edgecolor=color, zorder=3
+        )
+        if span.kind != "separator" or span.length >= 3:
+            centres.append((span.start + span.stop - 1) / 2)
+            names.append(name)
+        if span.start > 0:
+            is_gen = span.start == pattern.generation_start
+            ax.axvline(
+                span.start - 0.5,
+                color="tab:blue" if is_gen else "tab:red",
+                ls="--",
+                lw=1.6 if is_gen else 1,
+            )
+    ax.set_xticks(centres, names)
+    ax.tick_params(axis="x", length=0)
+    paraphrases = pattern.spans("paraphrase")
+    if paraphrases:
+        start = pattern.prefix_tokens
+        longest = start + max(s.length for s in paraphrases)
+        for level in sorted({start, longest}):
+            ax.axhline(level, color="gray", ls=":", lw=1)
+        ax.set_yticks(sorted({0, start, longest, int(positions.max())}))
+    ax.set_xlim(-0.5, pattern.length - 0.5)
+    ax.set_xlabel("token index")
+    ax.set_ylabel("position id")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return fig
+
+
 def phase_summary(pattern: ParaphraseFusion, block_size: int = 128) -> dict[str, dict[str, float | int]]:
     """Encoding versus generation in numbers: allowed cells, sparsity and block sparsity per phase.
 

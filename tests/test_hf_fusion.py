@@ -16,6 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 from hf_models import FAMILIES, save_tiny_model  # noqa: E402
+from marks import compiles  # noqa: E402
 
 from sparsekit import hf  # noqa: E402
 
@@ -55,7 +56,7 @@ def _alone_cache(model, ids):
     """Keys and values of ``ids`` run alone: the model's own causal mask and positions 0, 1, ..."""
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), use_cache=True)
-    return out.past_key_values
+    return out.cache
 
 
 @pytest.mark.timeout(120)
@@ -238,26 +239,92 @@ def test_bad_input_is_a_value_error(models, tmp_path):
 
 
 @pytest.mark.timeout(280)
-def test_flex_prefill_reads_the_block_tables(tmp_path, monkeypatch):
+def test_flex_prefill_reads_the_block_tables(tmp_path):
     # Eager CPU flex_attention ignores the tile tables; the compiled one used here must not.
-    from torch.nn.attention.flex_attention import BlockMask
+    from sparsekit.torch import block_mask
 
     model, tok = hf.load(save_tiny_model(tmp_path, "llama", seed=2), backend="flex")
     prompt = hf.fused_prompt(_ids(tok, PREFIX, True), [_ids(tok, p) for p in PARAPHRASES], _ids(tok, SUFFIX))
     kept, _ = hf.prefill(model, prompt, backend="flex")
-    sparsekit_mask = hf._prompt_mask
-
-    def no_tiles(prompt, backend, device):
-        mask = sparsekit_mask(prompt, backend, device)
-        empty = torch.zeros_like(mask.kv_num_blocks)
-        return BlockMask.from_kv_blocks(
-            empty,
-            mask.kv_indices,
-            BLOCK_SIZE=mask.BLOCK_SIZE,
-            mask_mod=mask.mask_mod,
-            seq_lengths=mask.seq_lengths,
-        )
-
-    monkeypatch.setattr(hf, "_prompt_mask", no_tiles)
-    emptied, _ = hf.prefill(model, prompt, backend="flex")
+    no_tiles = hf.emptied(block_mask(prompt.pattern, prompt.length))
+    assert int(no_tiles.kv_num_blocks.sum()) == 0 and no_tiles.full_kv_num_blocks is None
+    emptied, _ = hf.prefill(model, prompt, backend="flex", mask=no_tiles)
     assert (kept - emptied).abs().max() > 0.1
+
+
+def test_eager_flex_attention_ignores_the_block_tables():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from sparsekit.torch import block_mask
+
+    pattern = hf.fused_prompt([1, 2], [[3] * 150, [4] * 100], [5]).pattern
+    n = pattern.length
+    mask = block_mask(pattern, n)
+    q, k, v = torch.randn(3, 1, 2, n, 8, generator=torch.Generator().manual_seed(0))
+    dense = torch.from_numpy(pattern.dense(n))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    eager = flex_attention(q, k, v, block_mask=mask)
+    torch.testing.assert_close(eager, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(flex_attention(q, k, v, block_mask=hf.emptied(mask)), eager)
+
+
+def _segments(prefix, paras, extra):
+    """Segment of each token: -1 prefix, i paraphrase i, k everything after (sees all)."""
+    return [-1] * len(prefix) + [i for i, p in enumerate(paras) for _ in p] + [len(paras)] * extra
+
+
+@pytest.mark.timeout(120)
+def test_extend_reproduces_cached_decoding_in_one_pass(models):
+    model, tok = models["llama"]
+    prefix, suffix = _ids(tok, PREFIX, True), _ids(tok, SUFFIX)
+    paras = [_ids(tok, p) for p in PARAPHRASES]
+    assert hf.encode(tok, PREFIX, PARAPHRASES, SUFFIX) == (prefix, paras, suffix)
+    prompt = hf.fused_prompt(prefix, paras, suffix)
+    got = hf.generate(model, tok, PARAPHRASES, PREFIX, SUFFIX, "fused", 6, "sdpa")
+    whole = hf.extend(prompt, got.token_ids)
+    n = prompt.length + len(got.token_ids)
+    assert whole.ids[0].tolist() == prefix + sum(paras, []) + suffix + got.token_ids
+    longest = len(prefix) + max(map(len, paras))
+    after = list(range(longest, longest + len(suffix) + len(got.token_ids)))
+    assert whole.position_ids[0].tolist() == prompt.position_ids[0].tolist()[: -len(suffix)] + after
+    assert whole.next_position == after[-1] + 1
+    seg = _segments(prefix, paras, len(suffix) + len(got.token_ids))
+    dense = torch.tensor(
+        [
+            [kv <= q and (seg[kv] == -1 or seg[q] == len(paras) or seg[q] == seg[kv]) for kv in range(n)]
+            for q in range(n)
+        ]
+    )
+    assert torch.equal(torch.from_numpy(whole.pattern.dense(n)), dense)
+    assert dense[prompt.length :].sum() == sum(range(prompt.length + 1, n + 1))  # decoding rows: causal
+    with torch.no_grad():
+        logits = model(
+            input_ids=whole.ids, position_ids=whole.position_ids, attention_mask=dense[None, None]
+        ).logits
+    rows = torch.log_softmax(logits[0, prompt.length - 1 : n - 1].float(), -1)
+    chosen = rows[torch.arange(len(got.token_ids)), torch.tensor(got.token_ids)]
+    assert chosen.tolist() == pytest.approx(got.logprobs, abs=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_isolation_gaps_vanish_with_per_segment_positions_only(models):
+    model, tok = models["qwen2"]
+    prompt = hf.fused_prompt(*hf.encode(tok, PREFIX, PARAPHRASES, SUFFIX))
+    gaps = hf.isolation_gaps(model, prompt)
+    assert len(gaps) == len(PARAPHRASES) and max(gaps) < 1e-4
+    running = prompt._replace(position_ids=torch.arange(prompt.length)[None])
+    wrong = hf.isolation_gaps(model, running)
+    assert wrong[0] < 1e-4 and min(wrong[1:]) > 0.1  # paraphrase 1 starts where the prefix ends anyway
+    with pytest.raises(ValueError, match="fused prompt"):
+        hf.isolation_gaps(model, hf._causal_prompt([1, 2, 3]))
+
+
+@compiles("compiles the flex prefill of a tiny Llama twice in a fresh inductor cache (about 15-30 s)")
+@pytest.mark.timeout(280)
+def test_compile_timing_is_cold_then_warm(tmp_path):
+    model, tok = hf.load(save_tiny_model(tmp_path, "llama", seed=2), backend="flex")
+    timing = hf.compile_timing(model, tok, PARAPHRASES, PREFIX, SUFFIX, repeat=1)
+    assert timing["cold_misses"] > 0 and timing["cold_hits"] == 0
+    assert timing["warm_hits"] > 0 and timing["warm_misses"] == 0
+    assert timing["cold_seconds"] > 0 and timing["warm_seconds"] > 0 and timing["run_seconds"] > 0
+    assert timing["prompt_tokens"] == hf.fused_prompt(*hf.encode(tok, PREFIX, PARAPHRASES, SUFFIX)).length

@@ -151,3 +151,24 @@ def test_flowchart_config_errors():
         fc.plot_flowchart(loop_stage=9)
     with pytest.raises(ValueError, match="stage category"):
         fc.plot_flowchart(stages=[fc.Stage("a", "b", "magic")])
+
+
+def test_plot_positions_draws_each_token_at_its_position_id():
+    p = sk.paraphrase_fusion(lengths=[3, 5, 2], prefix_tokens=2, num_generated_tokens=4)
+    ids = np.array([0, 1, 2, 3, 4, 2, 3, 4, 5, 6, 2, 3, 7, 8, 9, 10])  # written from the layout by hand
+    fig = sv.plot_positions(p, ids, cue_tokens=1)
+    ax = fig.axes[0]
+    drawn = {}
+    for collection in ax.collections:  # filled and hollow dots
+        for x, y in collection.get_offsets():
+            drawn[int(x)] = int(y)
+    assert drawn == dict(enumerate(ids.tolist()))
+    white = [c for c in ax.collections if len(c.get_offsets()) and list(c.get_facecolor()[0][:3]) == [1] * 3]
+    assert [int(x) for c in white for x, _ in c.get_offsets()] == [12]  # the one cue token
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Q", "P1", "P2", "P3", "Gen"]
+    assert {round(line.get_ydata()[0]) for line in ax.lines if line.get_linestyle() == ":"} == {2, 7}
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one id per token"):
+        sv.plot_positions(p, ids[:-1])
+    with pytest.raises(ValueError, match="cue_tokens"):
+        sv.plot_positions(p, ids, cue_tokens=5)
