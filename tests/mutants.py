@@ -43,6 +43,9 @@ FIRST = (
     "test_attention.py",
     "test_torch_predicate.py",
     "test_torch_blockmask.py",
+    "test_mask_report.py",
+    "test_vision_pattern.py",
+    "test_torch_backends.py",
 )
 
 #: (fault, file in sparsekit/, [(code, replacement), ...]): each code must occur exactly once.
@@ -269,15 +272,41 @@ MUTANTS: list[tuple[str, str, list[tuple[str, str]]]] = [
             )
         ],
     ),
+    # Code moved by the torch tidy: the backends, the numpy side of the seed's checks and names.
     (
-        "a broken import in sparsekit.torch.fusion",
-        "torch/fusion.py",
+        "a broken import in sparsekit.torch.backends",
+        "torch/backends.py",
         [
             (
-                "from .blockmask import block_mask, mask_mod\n",
-                "from .blockmask import block_mask, mask_mod\nimport sparsekit_missing_module  # noqa\n",
+                "from .blockmask import block_mask, flex_layout\n",
+                "from .blockmask import block_mask, flex_layout\nimport sparsekit_missing_module  # noqa\n",
             )
         ],
+    ),
+    (
+        "tile backward: softmax Jacobian term dropped",
+        "torch/backends.py",
+        [
+            (
+                "ds = p * (do @ vs.transpose(-2, -1) - delta[:, :, rows])",
+                "ds = p * (do @ vs.transpose(-2, -1))",
+            )
+        ],
+    ),
+    (
+        "tile layout: last key column of each tile dropped",
+        "torch/backends.py",
+        [("keep = cols < n\n", "keep = (cols < n) & (cols % block_size != block_size - 1)\n")],
+    ),
+    (
+        "mask_report: causal violations counted on the diagonal",
+        "masks/segments.py",
+        [("allowed & (kv[None, :] > q[:, None])", "allowed & (kv[None, :] >= q[:, None])")],
+    ),
+    (
+        "vision_pattern: longformer band one row short",
+        "masks/vision.py",
+        [('w = 2 * width if opts["window"] is None', 'w = 2 * width - 2 if opts["window"] is None')],
     ),
 ]
 
