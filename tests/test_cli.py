@@ -56,30 +56,6 @@ def test_pictures_are_written(tmp_path, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["masks", "--size", "0"], "--size: must be an integer >= 1, got 0"),
-        (["masks", "--size", "ten"], "--size: expected an integer, got 'ten'"),
-        (["masks", "--stride", "-2"], "--stride: must be an integer >= 1"),
-        (["masks", "--window_size", "0", "--no_graphic"], "--window_size: must be an integer >= 1"),
-        (
-            ["masks", "--size", "16", "--sample_size", "32"],
-            r"--sample_size: must be an integer in [1, --size=16]",
-        ),
-        (["masks", "--order", "diagonal"], "invalid choice: 'diagonal'"),
-        (["masks", "--bogus"], "unrecognized arguments: --bogus"),
-        (["nothing"], "invalid choice: 'nothing'"),
-    ],
-)
-def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err
-
-
 # ------------------------------------------------------------------------------------------------
 # End to end: `python -m sparsekit ...` in subprocesses, every documented flag, pipes and errors
 # ------------------------------------------------------------------------------------------------
@@ -123,6 +99,7 @@ SOLVE = {  # extra flags -> the family the printed parameters describe
 }
 
 # (name, argv, message): each must exit 2 with exactly one line on stderr that holds the message.
+# All go through cli.main in this process; those of END_TO_END also through `python -m sparsekit`.
 ERRORS = [
     ("no command", [], "sparsekit: error: the following arguments are required: command"),
     ("unknown command", ["nothing"], "invalid choice: 'nothing'"),
@@ -138,7 +115,7 @@ ERRORS = [
     (
         "masks sample",
         ["masks", "--size", "16", "--sample_size", "32"],
-        "--sample_size: must be an integer in",
+        "--sample_size: must be an integer in [1, --size=16]",
     ),
     ("masks order", ["masks", "--order", "diagonal"], "invalid choice: 'diagonal'"),
     ("masks unknown flag", ["masks", "--bogus"], "unrecognized arguments: --bogus"),
@@ -183,6 +160,8 @@ ERRORS = [
     ),
     ("sweep empty grid", ["sweep", "{tmp}/tiny.ipynb"], "empty grid"),
 ]
+# One of each way to fail: argparse, a subcommand's ValueError, the memory budget, a missing file.
+END_TO_END = ("no command", "masks size text", "solve sparsity", "masks memory budget", "sweep notebook")
 
 RUNS = {
     "masks": [
@@ -206,7 +185,7 @@ RUNS = {
     ],
     **{f"solve {name}": ["solve", "--size", "16", "--sparsity", "0.6", "--pattern", name, *extra]
        for name, extra in SOLVE.items()},
-    **{f"error {name}": argv for name, argv, _ in ERRORS},
+    **{f"error {name}": argv for name, argv, _ in ERRORS if name in END_TO_END},
 }  # fmt: skip
 PIPES = {  # the first line of a long output, then the reader goes away
     "masks": "masks --no_graphic",
@@ -344,10 +323,32 @@ def test_broken_pipe_ends_quietly(cli, name):
     assert len(out.stdout.splitlines()) == 1
 
 
-@pytest.mark.parametrize(("name", "message"), [(e[0], e[2]) for e in ERRORS], ids=[e[0] for e in ERRORS])
-def test_every_error_exits_2_with_one_line(cli, name, message):
+def main_here(argv: list[str], tmp, capsys) -> tuple[int, str, str]:
+    """``sparsekit ARGV`` through ``cli.main`` in this process: exit status, stdout, stderr."""
+    tiny_notebook(tmp / "tiny.ipynb")
+    try:
+        code = main([a.replace("{tmp}", str(tmp)) for a in argv])
+    except SystemExit as stop:  # argparse's errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_every_error_exits_2_with_one_line(tmp_path, capsys, name, argv, message):
+    code, out, err = main_here(argv, tmp_path, capsys)
+    assert code == 2, err
+    assert out == "" and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("name", END_TO_END)
+def test_errors_end_to_end(cli, tmp_path, capsys, name):
+    # `python -m sparsekit` exits 2 with exactly the line cli.main writes: no traceback, no warning.
     tmp, results = cli
-    out = results[f"error {name}"]
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr and not (tmp / "never").exists()
+    argv = next(e[1] for e in ERRORS if e[0] == name)
+    code, _, err = main_here(argv, tmp_path, capsys)
+    done = results[f"error {name}"]
+    assert done.returncode == code == 2 and done.stdout == ""
+    assert done.stderr == err.replace(str(tmp_path), str(tmp)), done.stderr
+    assert not (tmp / "never").exists()
