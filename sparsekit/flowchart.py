@@ -30,11 +30,11 @@ CATEGORIES = ("input", "processing", "attention", "generation", "output")
 
 #: Default look of the flowchart. Sizes are in data units (inches at the default figure size).
 FLOWCHART_CONFIG: dict[str, object] = {
-    "figure_size": (9.0, 11.0),
-    "box_width": 6.2,
+    "figure_size": (6.3, 9.6),
+    "box_width": 5.2,
     "box_height": 0.95,
-    "vertical_spacing": 1.45,
-    "font_size": 11,
+    "vertical_spacing": 1.4,
+    "font_size": 13,
     "edge_color": "#37474f",
     "color_input": "#E3F2FD",
     "color_processing": "#FFF3E0",
@@ -45,24 +45,12 @@ FLOWCHART_CONFIG: dict[str, object] = {
 
 #: The seven stages of paraphrase fusion on a Hugging Face model, each with the call that performs it.
 FUSION_STAGES: tuple[Stage, ...] = (
-    Stage("1. Load the model", 'model, tok = sparsekit.hf.load(path, backend="flex")', "input"),
-    Stage("2. Tokenize", "hf.encode(tok, prefix, paraphrases, suffix) -> token ids", "input"),
-    Stage(
-        "3. Lay out the prompt",
-        "hf.fused_prompt(...): ids, per-segment position ids, pattern",
-        "processing",
-    ),
-    Stage("4. Build the mask", "sparsekit.torch.block_mask(pattern, n): tile tables", "attention"),
-    Stage(
-        "5. Prefill in one forward pass",
-        "hf.prefill(model, prompt): flex_attention, DynamicCache",
-        "attention",
-    ),
-    Stage(
-        "6. Generate greedily",
-        "hf.generate: one token per step, SDPA with no mask",
-        "generation",
-    ),
+    Stage("1. Load the model", 'sparsekit.hf.load(path, backend="flex")', "input"),
+    Stage("2. Tokenize", "hf.encode(tok, prefix, paraphrases, suffix)", "input"),
+    Stage("3. Lay out the prompt", "hf.fused_prompt: ids, positions, pattern", "processing"),
+    Stage("4. Build the mask", "sparsekit.torch.block_mask(pattern, n)", "attention"),
+    Stage("5. Prefill in one forward pass", "hf.prefill: flex_attention, KV cache", "attention"),
+    Stage("6. Generate greedily", "hf.generate: SDPA, no mask, KV cache", "generation"),
     Stage("7. Decode the answer", "tok.decode(token_ids) -> text", "output"),
 )
 
@@ -136,6 +124,7 @@ def plot_flowchart(
         raise ValueError(f"loop_stage must be None or in [0, {len(stages) - 1}], got {loop_stage!r}")
     if ax is None:
         fig, ax = plt.subplots(figsize=cfg["figure_size"], facecolor="white")
+        fig.subplots_adjust(left=0.02, right=0.98, top=0.94, bottom=0.05)
     fig = ax.figure
     fig.patch.set_facecolor("white")
     width, height, step = cfg["box_width"], cfg["box_height"], cfg["vertical_spacing"]
@@ -188,7 +177,7 @@ def plot_flowchart(
                 linewidth=1.2,
             )
         )
-        ax.text(x + 0.55, y, "once per\ngenerated\ntoken", ha="left", va="center", fontsize=font * 0.72)
+        ax.text(x + 0.55, y, "once per\ngenerated\ntoken", ha="left", va="center", fontsize=font * 0.78)
     used = [c for c in CATEGORIES if any(s.category == c for s in stages)]
     handles = [Patch(facecolor=cfg[f"color_{c}"], edgecolor=edge, label=c) for c in used]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.06), ncol=len(used), frameon=False)
