@@ -63,7 +63,7 @@ class SparseAttention2d(nn.Module):
     num_heads : int
         Attention heads; ``>= 1``.
     pattern : str or Pattern
-        A name of :data:`VISION_PATTERNS` (built for each map size with ``pattern_options``) or a
+        A name of ``sparsekit.VISION_PATTERNS`` (built for each map size with ``pattern_options``) or a
         sparsekit pattern. ``"dense"`` runs ``torch.nn.functional.scaled_dot_product_attention``
         without a mask (the baseline); everything else runs FlexAttention.
     block_size : int

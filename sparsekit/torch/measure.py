@@ -153,7 +153,7 @@ def measure_layer(
     seed: int = 0,
     **pattern_options: object,
 ) -> dict[str, object]:
-    """Time and peak memory of :class:`SparseAttention2d` against the same layer with dense attention.
+    """Time and peak memory of a :class:`~sparsekit.torch.layers.SparseAttention2d` against dense attention.
 
     Two layers with the same weights (seeded) run on the same random ``batch x channels x height x
     width`` input: the sparse one (FlexAttention, eager unless ``compile``) and ``pattern="dense"``
