@@ -24,9 +24,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ._validate import check_int
-from .live import PIXELS, LiveFigure, mask_picture
+from .live import PIXELS, LiveFigure, mask_picture, picture_rgba
 from .pattern import LABEL_NAMES, Pattern
-from .plot import LABEL_CMAP, LABEL_COLORS, _wrap
+from .plot import LABEL_COLORS, _wrap
 
 #: Slider range of each factory parameter, as ``(start, low, high, step)``. The keys of each family are
 #: its factory's parameters (checked at import); ``seed`` varies the random parts reproducibly.
@@ -203,9 +203,7 @@ class Explorer:
         self.image = self.view.image
         self.fig = self.view.figure
         self.ax_mask, self.ax_rows = self.fig.subplots(1, 2, width_ratios=(1, 1.1))
-        self.im = self.ax_mask.imshow(
-            np.zeros((2, 2)), cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest"
-        )
+        self.im = self.ax_mask.imshow(np.zeros((2, 2, 4), dtype=np.uint8), interpolation="nearest")
         self.title = self.ax_mask.set_title(" ", fontsize="small")
         self.ax_mask.set_xlabel("key / value index j")
         self.ax_mask.set_ylabel("query index i")
@@ -236,8 +234,7 @@ class Explorer:
 
     def _draw(self, pattern: Pattern, n: int) -> None:
         picture, exact, self.note.value = mask_picture(pattern, n, None, self.pixels, self.exact_limit)
-        self.im.set(cmap=LABEL_CMAP if exact else "Purples", clim=(0, 3) if exact else (0, 1))
-        self.im.set_data(picture)
+        self.im.set_data(picture_rgba(picture, exact))
         self.legend.value = legend_html(np.unique(picture).tolist()) if exact else ""
         self.title.set_text(_wrap(pattern.name, 48))
         counts = pattern.row_counts(n)

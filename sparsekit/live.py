@@ -42,13 +42,16 @@ from collections.abc import Callable, Collection, Hashable
 
 import numpy as np
 import PIL.Image
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.patches import Patch
 
 from ._validate import check_int
-from .pattern import Pattern
-from .plot import LABEL_CMAP, LABEL_COLORS, _legend, _wrap, reduce_blocks
+from .pattern import LABEL_NAMES, Pattern
+from .plot import LABEL_COLORS, _wrap, reduce_blocks
 
 #: Side of a live mask picture in pixels: about its width on the page, so pooling to it loses nothing
 #: the screen would show.
@@ -172,10 +175,11 @@ def mask_picture(
 
 
 class MaskView(LiveFigure):
-    """A live labelled mask: :func:`sparsekit.plot.plot_mask`'s picture, title, legend and sparsity note.
+    """A live labelled mask: :func:`sparsekit.plot.plot_mask`'s picture, title, legend and sparsity.
 
     ``show(pattern, n, sample_size)`` updates it; :func:`interact` renders it after each ``draw``.
-    The legend lists all four label codes (it stays put while the picture changes).
+    The picture is drawn as RGBA colours (:func:`picture_rgba`); the legend (all four label codes)
+    sits under the axes, outside the picture, so it is drawn only with the axes.
 
     Parameters
     ----------
@@ -187,7 +191,7 @@ class MaskView(LiveFigure):
 
     def __init__(
         self,
-        figsize: tuple[float, float] = (5.0, 5.0),
+        figsize: tuple[float, float] = (5.0, 5.6),
         dpi: int = 90,
         width: int | None = None,
         pixels: int = PIXELS,
@@ -197,18 +201,20 @@ class MaskView(LiveFigure):
         self.pixels = check_int("pixels", pixels, low=1)
         self.exact_limit = check_int("exact_limit", exact_limit, low=1)
         self.ax = self.figure.add_subplot()
-        self.im = self.ax.imshow(np.zeros((2, 2)), cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest")
+        self.im = self.ax.imshow(np.zeros((2, 2, 4), dtype=np.uint8), interpolation="nearest")
         self.title = self.ax.set_title(" ", fontsize="medium")
         self.ax.set_xlabel("key / value index j")
         self.ax.set_ylabel("query index i")
-        self.sparsity = self.ax.text(
-            0.02, 0.02, "", transform=self.ax.transAxes, fontsize="small",
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"},
-        )  # fmt: skip
-        _legend(self.ax, range(len(LABEL_COLORS)))
-        self.legend = self.ax.get_legend()
-        self.figure.subplots_adjust(left=0.16, right=0.97, top=0.88, bottom=0.1)
-        self.animate(self.im, self.title, self.sparsity, self.legend)
+        self.sparsity = self.figure.text(0.5, 0.115, "", ha="center", fontsize="medium")
+        handles = [
+            Patch(facecolor=colour, edgecolor="gray", label=name)
+            for colour, name in zip(LABEL_COLORS, LABEL_NAMES, strict=True)
+        ]
+        self.legend = self.figure.legend(
+            handles=handles, loc="lower center", ncol=2, fontsize="small", frameon=False
+        )
+        self.figure.subplots_adjust(left=0.16, right=0.95, top=0.86, bottom=0.24)
+        self.animate(self.im, self.title, self.sparsity)
         #: The sentence of :func:`mask_picture` for the picture shown.
         self.note = ""
 
@@ -216,14 +222,26 @@ class MaskView(LiveFigure):
         """Put ``pattern`` at length ``n`` (its top-left ``sample_size`` crop) in the picture."""
         picture, exact, self.note = mask_picture(pattern, n, sample_size, self.pixels, self.exact_limit)
         shown = n if sample_size is None else sample_size
-        self.im.set_data(picture)
-        self.im.set(cmap=LABEL_CMAP if exact else "Purples", clim=(0, 3) if exact else (0, 1))
+        self.im.set_data(picture_rgba(picture, exact))
         self.im.set_extent((-0.5, shown - 0.5, shown - 0.5, -0.5))
         crop = "" if shown == n else f" (top-left {shown} x {shown} of {n} x {n})"
         self.title.set_text(title if title is not None else _wrap(pattern.name + crop, 48))
         self.sparsity.set_text(f"sparsity {pattern.sparsity(n):.4%} at n = {n}")
-        self.legend.set_visible(exact)
-        self.frame = shown  # the axis limits and ticks follow the side shown
+        self.legend.set_visible(exact)  # the label colours; a block-reduced view shades shares instead
+        self.frame = (shown, exact)  # the axis limits and ticks follow the side shown
+
+
+#: The colour of each label code as RGBA bytes (the colours of :data:`sparsekit.plot.LABEL_COLORS`).
+_LABEL_RGBA = (np.array([to_rgba(c) for c in LABEL_COLORS]) * 255).round().astype(np.uint8)
+
+
+def picture_rgba(picture: np.ndarray, exact: bool) -> np.ndarray:
+    """The colours of a :func:`mask_picture` as RGBA bytes: label colours, or purples for tile shares.
+
+    Drawn as RGBA, an image costs matplotlib a copy; as codes it is resampled and colour-mapped on every
+    draw, about ten times slower.
+    """
+    return _LABEL_RGBA[picture] if exact else colormaps["Purples"](picture, bytes=True)
 
 
 def interact(

@@ -13,10 +13,12 @@ import ipywidgets as widgets
 import numpy as np
 import PIL.Image
 import pytest
+from matplotlib.colors import to_rgba
 from reference import RULES, brute_force, brute_force_labels, family_labels
 
 import sparsekit as sk
 from sparsekit import live
+from sparsekit import plot as skp
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -160,3 +162,12 @@ def test_shown_hides_the_sliders_the_chosen_pattern_does_not_read():
     assert hidden() == ["chunk"] and picker.layout.display is None
     picker.value = "chunked"
     assert hidden() == ["stride", "window"]
+
+
+def test_picture_rgba_colours_each_label_code_and_each_tile_share():
+    codes = np.array([[0, 1], [2, 3]])
+    expected = [[to_rgba(skp.LABEL_COLORS[c]) for c in row] for row in codes.tolist()]
+    assert np.array_equal(live.picture_rgba(codes, exact=True), np.round(np.array(expected) * 255))
+    shares = np.array([[0.0, 1.0]])
+    purples = live.picture_rgba(shares, exact=False)
+    assert purples.dtype == np.uint8 and purples[0, 0, :3].min() > 240 and purples[0, 1, :3].mean() < 100
