@@ -134,24 +134,44 @@ def start(kind: str, home: Path, timeout: float = 120) -> Server:
     raise RuntimeError(f"{kind} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def kernels(server: Server) -> list[dict]:
+    """The kernels ``server`` runs (its REST API's models)."""
+    headers = {"Authorization": f"token {server.token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{server.url}/api/kernels", headers=headers)) as r:
+        return json.load(r)
+
+
 def shut_down_kernels(server: Server) -> None:
     """Stop every kernel of ``server`` (frees a chapter's kernel before the next chapter starts)."""
     headers = {"Authorization": f"token {server.token}"}
-    with urllib.request.urlopen(urllib.request.Request(f"{server.url}/api/kernels", headers=headers)) as r:
-        kernels = json.load(r)
-    for kernel in kernels:
+    for kernel in kernels(server):
         url = f"{server.url}/api/kernels/{kernel['id']}"
         urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers=headers)).close()
 
 
 def live_cell(notebook: Path) -> tuple[int, str] | None:
-    """Index and source of the chapter's live explorer cell (the code cell calling widgets.interact)."""
+    """Index and source of the chapter's live explorer cell (the code cell calling ``live.interact``
+    of sparsekit.live, or ipywidgets' ``widgets.interact``)."""
     cells = json.loads(notebook.read_text())["cells"]
     for index, cell in enumerate(cells):
         source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and "widgets.interact(" in source:
+        if cell["cell_type"] == "code" and re.search(r"\b(live|widgets)\.interact\(", source):
             return index, source
     return None
+
+
+def parameters(notebook: Path) -> dict:
+    """The literal values of the chapter's ``parameters`` cell (what its live cell starts from)."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if "parameters" in cell["metadata"].get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return {
+                target.id: ast.literal_eval(node.value)
+                for node in tree.body
+                if isinstance(node, ast.Assign)
+                for target in node.targets
+            }
+    return {}
 
 
 def slider_names(source: str) -> list[str]:
@@ -246,6 +266,41 @@ def settle(root, quiet_s: float = 0.5, timeout_s: float = 60) -> None:
             last, since = now, time.monotonic()
 
 
+def slider_labels(scope, visible_only: bool = False) -> list[str]:
+    """The visible labels of the sliders in ``scope`` (only those in view with ``visible_only``)."""
+    sliders = scope.locator(".widget-slider")
+    if visible_only:
+        sliders = sliders.filter(visible=True)
+    return [t.strip() for t in sliders.locator(".widget-label").all_inner_texts()]
+
+
+def control_values(scope) -> dict[str, int | float | str]:
+    """Every slider's and dropdown's value in ``scope`` as the page shows it, by label."""
+    values: dict[str, int | float | str] = {}
+    for slider in scope.locator(".widget-slider").all():
+        text = readout(slider).replace(",", "")
+        values[slider.locator(".widget-label").inner_text().strip()] = (
+            float(text) if "." in text else int(text)
+        )
+    for dropdown in scope.locator(".widget-dropdown").all():
+        values[dropdown.locator(".widget-label").inner_text().strip()] = dropdown.locator(
+            "select"
+        ).input_value()
+    return values
+
+
+def choose(page, root, option: str, timeout_ms: float = 60_000) -> None:
+    """Choose ``option`` in the first dropdown of ``root``; returns once its picture is shown."""
+    before = picture_src(root)
+    root.locator("select").first.select_option(option)
+    page.wait_for_function(
+        "([r, b]) => { const i = r.querySelector('img'); return i && i.src && i.src !== b; }",
+        arg=[root.element_handle(), before],
+        timeout=timeout_ms,
+    )
+    settle(root)
+
+
 def readout(slider) -> str:
     return slider.locator(".widget-readout").inner_text().strip()
 
@@ -284,17 +339,22 @@ class Console:
 
 # Run a chapter in JupyterLab up to and including its live cell, through the app object that
 # --LabApp.expose_app_in_browser gives the page; resolves with the error outputs of the cells run.
-# The live cell is then `LIVE_CELL`.
+# The notebook panel is found by its path and made current before any command runs (the commands act
+# on the current notebook). The live cell is then `LIVE_CELL`.
 RUN_TO_LIVE_CELL_JS = """
-async (index) => {
+async ([path, index]) => {
   const app = window.jupyterapp;
-  const panel = app.shell.currentWidget;
+  await app.restored;  // the workspace (here: only this notebook) is laid out
+  const pause = () => new Promise(resolve => setTimeout(resolve, 100));
+  const find = () => Array.from(app.shell.widgets('main')).find(w => w.context?.path === path);
+  let panel;
+  while (!(panel = find())) await pause();
+  app.shell.activateById(panel.id);
+  while (app.shell.currentWidget !== panel) await pause();
   await panel.context.ready;
   await panel.sessionContext.ready;
   const notebook = panel.content;
-  while (notebook.widgets.length <= index) {  // a long notebook's cells are added in batches
-    await new Promise(resolve => setTimeout(resolve, 100));
-  }
+  while (notebook.widgets.length <= index) await pause();  // a long notebook's cells come in batches
   notebook.activeCellIndex = index;
   await app.commands.execute('notebook:run-all-above');
   notebook.activeCellIndex = index;
@@ -312,3 +372,31 @@ async (index) => {
   return errors;
 }
 """
+
+
+def open_live_cell(page, server: Server, chapter: str, index: int, timeout_ms: float = 120_000):
+    """Open ``chapter`` in JupyterLab, run it up to its live cell ``index``; the cell once its widgets show.
+
+    Fails with the cell's text (what the reader would see instead of the widgets) when a cell above
+    raised or the widgets do not appear within ``timeout_ms`` after the run. Exactly one kernel runs
+    while it does (the chapter's own; :func:`shut_down_kernels` stops it after the test).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # A workspace of its own, reset: JupyterLab otherwise restores the tabs an earlier page left open
+    # (the previous chapter, with a kernel of its own), and the current notebook may be that one.
+    workspace = f"live-{secrets.token_hex(4)}"
+    page.goto(f"{server.url}/lab/workspaces/{workspace}/tree/notebooks/{chapter}?reset&token={server.token}")
+    page.wait_for_function("() => window.jupyterapp")
+    errors = page.evaluate(RUN_TO_LIVE_CELL_JS, [f"notebooks/{chapter}", index])
+    assert not errors, f"{chapter}: cells raised: {errors}"
+    cell = page.locator(LIVE_CELL)
+    try:
+        cell.locator(".widget-slider").first.wait_for(timeout=timeout_ms)
+        cell.locator("img").first.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        raise AssertionError(
+            f"{chapter}: no live widgets in the cell's output, which reads:\n"
+            f"{cell.locator('.jp-OutputArea').inner_text()[:2000]!r}"
+        ) from None
+    return cell
