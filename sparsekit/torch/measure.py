@@ -139,6 +139,9 @@ def tensor_peak_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
+# ------------------------------------------------------------------------------------------------
+# The sparse-attention layer against the same layer with dense attention
+# ------------------------------------------------------------------------------------------------
 def measure_layer(
     pattern: str | Pattern,
     height: int,
