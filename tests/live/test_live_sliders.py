@@ -179,6 +179,7 @@ def test_chapter_live_sliders_redraw(chapter, lab, browser):
     page = context.new_page()
     page.set_default_timeout(120_000)
     console = livelab.Console(page)
+    logged = len(lab.log.read_text())  # the server's log holds its kernels' stderr
     try:
         cell = livelab.open_live_cell(page, lab, chapter, index)
         running = livelab.kernels(lab)
@@ -215,6 +216,9 @@ def test_chapter_live_sliders_redraw(chapter, lab, browser):
         assert shown.count() == 0, f"{chapter}: the live cell shows an error:\n{shown.first.inner_text()}"
         assert not cell.locator("b[style*='#b00020']").count(), f"{chapter}: {cell.inner_text()}"
         assert not console.errors, f"{chapter}: {console.errors}"
+        # An exception in a slider's callback reaches no cell: the kernel logs it (ipykernel's comm handler).
+        kernel_log = lab.log.read_text()[logged:]
+        assert "Traceback" not in kernel_log, f"{chapter}: the kernel logged an error:\n{kernel_log[-3000:]}"
     finally:
         context.close()
         livelab.shut_down_kernels(lab)
