@@ -257,7 +257,8 @@ def interact(
     On each change of a control, ``draw(**values)`` updates ``view``'s artists (and may return a line
     of text to print under the picture); ``view`` is then rendered. Called once at the start, so the
     cell's output shows the first picture. A ``ValueError`` from ``draw`` (a combination the pattern
-    refuses) is printed in red and the last picture stays. Sliders get ``continuous_update=False`` (one
+    refuses) is printed in red and the last picture stays; any other exception is printed in red too
+    and raised. Sliders get ``continuous_update=False`` (one
     redraw per release or key press) and, where missing, their parameter's name as visible label.
 
     ``shown(values)``, if given, names the sliders that matter for the current values (with a pattern
@@ -292,9 +293,12 @@ def interact(
                     control.layout.display = None if name in visible else "none"
         try:
             line = draw(**values)
-        except ValueError as error:
+        except ValueError as error:  # a combination the pattern refuses: say which, keep the last picture
             text.value = f"<b style='color:#b00020'>{html.escape(str(error))}</b>"
             return
+        except Exception as error:  # a bug: shown in the cell too (ipywidgets logs it only to the console)
+            text.value = f"<b style='color:#b00020'>{html.escape(f'{type(error).__name__}: {error}')}</b>"
+            raise
         # The printed line first, the picture last: whoever sees the new picture also sees its numbers.
         text.value = "" if line is None else f"<pre>{html.escape(line)}</pre>"
         note.value = html.escape(getattr(view, "note", ""))

@@ -171,3 +171,18 @@ def test_picture_rgba_colours_each_label_code_and_each_tile_share():
     shares = np.array([[0.0, 1.0]])
     purples = live.picture_rgba(shares, exact=False)
     assert purples.dtype == np.uint8 and purples[0, 0, :3].min() > 240 and purples[0, 1, :3].mean() < 100
+
+
+def test_any_other_error_is_shown_in_red_and_raised():
+    view = live.MaskView(figsize=(3, 3), dpi=50)
+
+    def draw(window):
+        if window > 4:
+            raise KeyError("no such pattern")
+        view.show(sk.sliding_window(window), 16)
+
+    window = widgets.IntSlider(value=2, min=0, max=8)
+    box = live.interact(draw, view, window=window)
+    with pytest.raises(KeyError):
+        window.value = 6
+    assert "KeyError: &#x27;no such pattern&#x27;" in box.children[2].value

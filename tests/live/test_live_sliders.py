@@ -216,7 +216,8 @@ def test_chapter_live_sliders_redraw(chapter, lab, browser):
         assert shown.count() == 0, f"{chapter}: the live cell shows an error:\n{shown.first.inner_text()}"
         assert not cell.locator("b[style*='#b00020']").count(), f"{chapter}: {cell.inner_text()}"
         assert not console.errors, f"{chapter}: {console.errors}"
-        # An exception in a slider's callback reaches no cell: the kernel logs it (ipykernel's comm handler).
+        # A callback's exception is shown in red in the cell (sparsekit.live, checked above); what the
+        # kernel process itself logs (a failed comm message, a crash) goes to the server's log.
         kernel_log = lab.log.read_text()[logged:]
         assert "Traceback" not in kernel_log, f"{chapter}: the kernel logged an error:\n{kernel_log[-3000:]}"
     finally:
