@@ -19,7 +19,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # Quiet the debugger's note about frozen modules that new kernels print on start-up.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book book-committed lint unit nbval browser test notebooks mutants lab explore test-live clean distclean
+.PHONY: help venv book book-committed lint unit nbval browser test notebooks mutants lab explore test-live model clean distclean
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
@@ -34,6 +34,7 @@ help:
 	@echo "make lab        live sliders: install JupyterLab (pinned) and open the introduction (Ctrl-C stops)"
 	@echo "make explore    live sliders without code: serve the pattern explorer page (Voila)"
 	@echo "make test-live  move every live slider in JupyterLab and the explorer in Chromium"
+	@echo "make model      retrain the model shipped for chapter 10 (sparsekit/models/views_llama, minutes)"
 	@echo "make clean      remove _build and runs;  make distclean  also removes .venv"
 
 venv: $(STAMP)
@@ -71,8 +72,12 @@ lint: venv
 
 # SPARSEKIT_COMPILE_TESTS=1: also compile FlexAttention's C++ CPU kernel (the proof that the compiled
 # kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
+# -n: pytest-xdist workers (one test file each at a time, so a file's module fixtures run once);
+# UNIT_WORKERS=0 runs in this process.
+UNIT_WORKERS ?= 2
 unit: venv
-	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser --ignore=tests/live
+	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser --ignore=tests/live \
+		-n $(UNIT_WORKERS) --dist loadfile
 
 # By hand, not part of `make test`: plant each fault of tests/mutants.py in a copy of the package and
 # run the unit suite on it (-x, a time limit per test); prints which test caught each fault and when.
@@ -169,6 +174,12 @@ notebooks: venv
 	else \
 		echo "no notebooks in notebooks/ yet"; \
 	fi
+
+# Retrain the small Llama shipped in sparsekit/models/views_llama (sparsekit.fusion_task); the same seed and
+# steps give the same weights. OMP_WAIT_POLICY=PASSIVE: on a machine busier than its cores, spinning
+# OpenMP threads made each step up to 19 times slower (measured on the shared 2-core machine).
+model: venv
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sparsekit.torch.train_fusion --out sparsekit/models/views_llama
 
 clean:
 	rm -rf _build runs generated .hypothesis
