@@ -207,7 +207,9 @@ def _evaluate_cell(
             chosen = [paras[i] for i in order]
             items.append((index, hf._prompts(mode, prefix, chosen, suffix)))
             answer_orders.append(order)
-    hf._check_context(model, [p for _, prompts in items for p in prompts])
+    runs = [p for _, prompts in items for p in prompts]
+    hf._check_context(model, runs)  # the refusals of generate: no room for an answer, a sliding window
+    hf._check_window(model, runs, budget)
     start = time.perf_counter()
     generated: list[list[int]] = [[] for _ in items]
     lengths = [sum(p.length for p in prompts) for _, prompts in items]

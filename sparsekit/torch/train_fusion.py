@@ -16,10 +16,11 @@ example is laid out as one of the ensembles lays it out at inference, half of ea
   boolean mask ``pattern.dense(n)``.
 
 The loss is the cross-entropy of the answer tokens and EOS only. Training is deterministic given the seed
-and the step count (two threads, fixed learning-rate schedule over ``--steps``); ``--max-seconds`` stops
-it earlier if the machine is slow, and ``training.json`` says how many steps ran. ``DIR`` receives the
-model (``config.json``, ``model.safetensors``), the tokenizer and ``training.json``, written whole or not
-at all: everything goes to a temporary folder beside ``DIR`` that is renamed onto it at the end.
+and the step count on one machine and torch build (two threads, a fixed learning-rate schedule over
+``--steps``); ``--max-seconds`` stops it earlier if the machine is slow, and ``training.json`` says how
+many steps ran. ``DIR`` receives the model (``config.json``, ``model.safetensors``), the tokenizer and
+``training.json``, written whole or not at all: everything goes to a temporary folder beside ``DIR``
+that is renamed onto it at the end.
 
 On a machine busier than its cores, set ``OMP_WAIT_POLICY=PASSIVE`` before Python starts (``make model``
 does): spinning OpenMP threads made each step up to 19 times slower on the shared 2-core machine.
