@@ -31,10 +31,10 @@ def test_the_shipped_model_is_small_and_says_how_it_was_trained():
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("k", [2, 5])
 def test_evaluate_gives_the_answers_of_generate(shipped, k):
     model, tokenizer = shipped
-    examples = ft.make_examples(6, 5, seed=HELD_OUT_SEED + k)
+    examples = ft.make_examples(5, 5, seed=HELD_OUT_SEED + k)
     rows = hf_eval.evaluate(model, tokenizer, examples, ks=(k,), orders=2, seed=k, batch_runs=7)
     assert [row["mode"] for row in rows] == list(hf.MODES)
     for row in rows:
@@ -114,7 +114,7 @@ def test_fused_and_average_answers_do_not_depend_on_the_order_and_no_tie_decides
     agreement is 1 unless two tokens tie to within rounding: the smallest top-two logit gap of the fused
     answers must be far above the logit change that reordering causes."""
     model, tokenizer = shipped
-    examples = ft.make_examples(30, 5, seed=8)
+    examples = ft.make_examples(20, 5, seed=8)
     rows = hf_eval.evaluate(model, tokenizer, examples, ks=(2, 5), modes=("concat", "fused", "average"))
     for row in rows:
         if row["mode"] != "concat":
