@@ -28,7 +28,8 @@ BIN = ROOT / ".venv" / "bin"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 EXPLORER = "explore/explorer.ipynb"
-LIVE_CELL = "[data-live-cell=yes]"
+#: The cells of the open notebook, in order (every cell is in the page: windowing is off).
+CELLS = ".jp-Notebook .jp-Cell"
 
 
 def free_port() -> int:
@@ -323,6 +324,7 @@ class Console:
         self.errors: list[str] = []
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        page.on("crash", lambda _: self.errors.append("the page crashed"))
         page.on("requestfailed", self._failed)
 
     def _console(self, message) -> None:
@@ -340,7 +342,7 @@ class Console:
 # Run a chapter in JupyterLab up to and including its live cell, through the app object that
 # --LabApp.expose_app_in_browser gives the page; resolves with the error outputs of the cells run.
 # The notebook panel is found by its path and made current before any command runs (the commands act
-# on the current notebook). The live cell is then `LIVE_CELL`.
+# on the current notebook). The live cell is then cell `index` of `CELLS`.
 RUN_TO_LIVE_CELL_JS = """
 async ([path, index]) => {
   const app = window.jupyterapp;
@@ -366,8 +368,6 @@ async ([path, index]) => {
       if (output.output_type === 'error') errors.push(`cell ${i}: ${output.ename}: ${output.evalue}`);
     }
   }
-  // Mark the live cell for the locators and bring it into view.
-  notebook.widgets[index].node.dataset.liveCell = 'yes';
   notebook.widgets[index].node.scrollIntoView();
   return errors;
 }
@@ -390,13 +390,12 @@ def open_live_cell(page, server: Server, chapter: str, index: int, timeout_ms: f
     page.wait_for_function("() => window.jupyterapp")
     errors = page.evaluate(RUN_TO_LIVE_CELL_JS, [f"notebooks/{chapter}", index])
     assert not errors, f"{chapter}: cells raised: {errors}"
-    cell = page.locator(LIVE_CELL)
+    cell = page.locator(CELLS).nth(index)
     try:
         cell.locator(".widget-slider").first.wait_for(timeout=timeout_ms)
         cell.locator("img").first.wait_for(timeout=timeout_ms)
     except PlaywrightTimeout:
-        raise AssertionError(
-            f"{chapter}: no live widgets in the cell's output, which reads:\n"
-            f"{cell.locator('.jp-OutputArea').inner_text()[:2000]!r}"
-        ) from None
+        shown = cell.locator(".jp-OutputArea")
+        text = shown.inner_text(timeout=5_000) if shown.count() else "(no output area in the page)"
+        raise AssertionError(f"{chapter}: no live widgets; the output reads:\n{text[:2000]!r}") from None
     return cell
