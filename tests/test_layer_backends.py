@@ -130,3 +130,23 @@ def test_compiled_layer_survives_more_shapes_than_the_recompile_limit():
                     torch.testing.assert_close(layer(x), eager(x), rtol=1e-4, atol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+@compiles("compiles one C++ kernel per batch size (seconds each)")
+def test_compiled_layer_survives_more_batch_sizes_than_the_recompile_limit():
+    # A region per pattern and map size alone raised FailOnRecompileLimitHit at the second batch size
+    # under a limit of 1 (the ninth under the default 8): each input shape needs a region of its own.
+    torch.manual_seed(0)
+    layer = layers.SparseAttention2d(16, 16, 1, "block", block_size=16, compile=True)
+    torch.manual_seed(0)
+    eager = layers.SparseAttention2d(16, 16, 1, "block", block_size=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+            for batch in (1, 2, 3):
+                x = torch.randn(batch, 16, 4, 4)
+                with torch.no_grad():
+                    torch.testing.assert_close(layer(x), eager(x), rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

@@ -92,14 +92,16 @@ def _flex_call(q, k, v, block_mask, **options):
     return flex_attention(q, k, v, block_mask=block_mask, **options)
 
 
-# Compiled regions by (pattern name, lengths, tile size); see compiled_flex_attention.
+# Compiled regions by (pattern name, lengths, tile size, input shapes); see compiled_flex_attention.
 _compiled_regions: dict = {}
 
 
-def _region(mask: BlockMask) -> Callable:
-    """The compiled ``_flex_call`` of ``mask``'s pattern, lengths and tile size (made on first use)."""
+def _region(mask: BlockMask, q, k, v) -> Callable:
+    """The compiled ``_flex_call`` of ``mask``'s pattern, lengths and tile size and of the inputs'
+    shapes, dtype and device (made on first use)."""
     pattern = getattr(mask.mask_mod, "pattern", None)
-    key = (mask.mask_mod if pattern is None else pattern.name, mask.seq_lengths, mask.BLOCK_SIZE)
+    inputs = (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device.type)
+    key = (mask.mask_mod if pattern is None else pattern.name, mask.seq_lengths, mask.BLOCK_SIZE, inputs)
     if key not in _compiled_regions:
         config = torch._dynamo.config
         if len(_compiled_regions) + 1 > config.accumulated_recompile_limit // config.recompile_limit:
@@ -114,15 +116,17 @@ def compiled_flex_attention(q, k, v, *, block_mask: BlockMask, **options):
 
     A drop-in for a compiled ``flex_attention`` that survives any number of patterns in one process.
     With one compiled function every pattern is a new graph of it, and the 9th pattern of a process
-    hits dynamo's ``recompile_limit`` (8). Here each pattern (its name, lengths and tile size) gets a
-    recompile region of its own (``isolate_recompiles=True``), so only its own shapes count against
-    that limit. All regions share ``accumulated_recompile_limit``; keeping at most ``accumulated //
-    recompile_limit`` regions, and dropping every compiled graph of this cache when one more is needed,
-    keeps the cache bounded and under that cap (a dropped graph recompiles from inductor's on-disk
-    cache in about a second). Compile with ``dynamic=False``: a symbolic shape fails to compile in the
+    hits dynamo's ``recompile_limit`` (8). Here each pattern (its name, lengths and tile size) and
+    each input shape (batch, heads, head size, dtype) gets a recompile region of its own
+    (``isolate_recompiles=True``), so a region compiles once (again only for other options, such as
+    another ``score_mod``) and a layer fed many batch sizes never meets that limit. All regions share
+    ``accumulated_recompile_limit``; keeping at most ``accumulated // recompile_limit`` regions,
+    and dropping every compiled graph of this cache when one more is needed, keeps the cache bounded
+    and under that cap (a dropped graph recompiles from inductor's on-disk cache in about a second).
+    Compile with ``dynamic=False``: a symbolic shape fails to compile in the
     CPU kernel of torch 2.13 (see :mod:`sparsekit.torch.blockmask`).
     """
-    return _region(block_mask)(q, k, v, block_mask=block_mask, **options)
+    return _region(block_mask, q, k, v)(q, k, v, block_mask=block_mask, **options)
 
 
 def flex_attention_fn(mask: BlockMask, compile: bool = False) -> Callable[..., torch.Tensor]:
@@ -132,9 +136,10 @@ def flex_attention_fn(mask: BlockMask, compile: bool = False) -> Callable[..., t
     PyTorch's unfused reference, which evaluates the ``mask_mod`` on every cell; its one-time "called
     without torch.compile" warning is silenced here because that path is chosen on purpose.
     ``compile=True`` runs :func:`compiled_flex_attention` (a C++ kernel on the CPU, compiled once per
-    pattern and shape: seconds). Dynamo compiles at most ``recompile_limit`` (8) input shapes per
-    pattern; past it the call raises ``FailOnRecompileLimitHit`` instead of silently running eagerly,
-    so "compiled" never means eager. The returned function keeps ``mask`` as ``.block_mask``.
+    pattern and input shape: seconds). Should a region still pass dynamo's ``recompile_limit`` (8 sets
+    of options for one pattern and shape), the call raises ``FailOnRecompileLimitHit`` instead of
+    silently running eagerly, so "compiled" never means eager. The returned function keeps ``mask``
+    as ``.block_mask``.
     """
     if not isinstance(mask, BlockMask):
         raise ValueError(f"mask must be a FlexAttention BlockMask, got {type(mask).__name__}")

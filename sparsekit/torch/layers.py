@@ -81,11 +81,9 @@ class SparseAttention2d(nn.Module):
         Run the forward pass with ``torch.compile(flex_attention, dynamic=False)``, a fused kernel that
         skips empty tiles (on the CPU torch 2.13 compiles FlexAttention for inference only; the backward
         is this module's tile backward either way). The first call for each shape compiles (seconds).
-        Each pattern and map size compiles in a recompile region of its own
-        (:func:`sparsekit.torch.backends.compiled_flex_attention`, a bounded cache), so any number of
-        map sizes and patterns compile in one process; more than dynamo's ``recompile_limit`` (8)
-        input shapes (batch sizes, numbers of active heads) for one map size raise
-        ``FailOnRecompileLimitHit`` rather than run eagerly.
+        Each pattern, map size and input shape (batch size, active heads) compiles in a recompile
+        region of its own (:func:`sparsekit.torch.backends.compiled_flex_attention`, a bounded
+        cache), so any number of map sizes, batch sizes and patterns compile in one process.
     **pattern_options
         Options of the named pattern, see :func:`sparsekit.vision_pattern`.
 

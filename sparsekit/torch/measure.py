@@ -307,13 +307,11 @@ def time_backends(
     previous = torch.get_num_threads()
     threads = previous if num_threads is None else check_int("num_threads", num_threads, low=1)
     rows = []
-    # One compiled shape per length: raise dynamo's recompile limit for this measurement only.
-    limit = torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit + len(sizes))
     try:
         torch.set_num_threads(threads)
         for n in sizes:
             q, k, v = (torch.randn(1, num_heads, n, head_dim, generator=gen) for _ in range(3))
-            with torch.no_grad(), limit:
+            with torch.no_grad():
                 rows.append(_time_one(q, k, v, block_size, repeat, compile))
     finally:
         torch.set_num_threads(previous)
