@@ -33,15 +33,15 @@ FAMILIES = {
 }
 
 
-def build_tokenizer(add_bos: bool, sentences: tuple[str, ...] = SENTENCES):
-    """A word-level ``PreTrainedTokenizerFast`` over ``sentences`` (``<s>`` prepended if ``add_bos``)."""
+def build_tokenizer(add_bos: bool):
+    """A word-level ``PreTrainedTokenizerFast`` over :data:`SENTENCES` (``<s>`` prepended if ``add_bos``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=list(SPECIALS)))
+    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=list(SPECIALS)))
     if add_bos:
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
@@ -52,17 +52,11 @@ def build_tokenizer(add_bos: bool, sentences: tuple[str, ...] = SENTENCES):
 
 
 def save_tiny_model(
-    folder: Path,
-    family: str = "llama",
-    seed: int = 0,
-    context: int = 64,
-    sentences: tuple[str, ...] = SENTENCES,
-    **config_options,
+    folder: Path, family: str = "llama", seed: int = 0, context: int = 64, **config_options
 ) -> Path:
     """Save a 2-layer, hidden-size-64 model of ``family`` with random weights and its tokenizer.
 
-    ``context`` is ``max_position_embeddings``; the tokenizer's words are those of ``sentences``;
-    ``config_options`` go to the config. Weights are drawn
+    ``context`` is ``max_position_embeddings``; ``config_options`` go to the config. Weights are drawn
     with a larger spread than the default (``initializer_range=0.3``) so that greedy choices are
     decisive, never near-ties.
     """
@@ -70,7 +64,7 @@ def save_tiny_model(
     import transformers
 
     config_name, model_name, add_bos = FAMILIES[family]
-    tokenizer = build_tokenizer(add_bos, sentences)
+    tokenizer = build_tokenizer(add_bos)
     config = getattr(transformers, config_name)(
         vocab_size=len(tokenizer),
         hidden_size=64,
