@@ -73,11 +73,12 @@ lint: venv
 # SPARSEKIT_COMPILE_TESTS=1: also compile FlexAttention's C++ CPU kernel (the proof that the compiled
 # kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
 # -n: pytest-xdist workers (one test file each at a time, so a file's module fixtures run once);
-# UNIT_WORKERS=0 runs in this process.
+# UNIT_WORKERS=0 runs in this process. -p no:nbval: the unit tests need no nbval, whose import costs
+# each pytest process about 2 s.
 UNIT_WORKERS ?= 2
 unit: venv
 	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser --ignore=tests/live \
-		-n $(UNIT_WORKERS) --dist loadfile
+		-n $(UNIT_WORKERS) --dist loadfile -p no:nbval
 
 # By hand, not part of `make test`: plant each fault of tests/mutants.py in a copy of the package and
 # run the unit suite on it (-x, a time limit per test); prints which test caught each fault and when.

@@ -66,14 +66,15 @@ def test_hanging_run_is_killed_and_reported_while_the_others_finish(tmp_path, ca
     out = tmp_path / "runs"
     start = time.monotonic()
     # One run at a time, the hanging run first: the run after it must still happen. The limit holds
-    # for that run too: about 4 s (a worker and a kernel start), 10 s when six jobs share the two cores.
-    csv_path = run_sweep(notebook, {"hang": [1, 0], "label": ["x"]}, out_dir=out, jobs=1, run_timeout=15)
+    # for that run too: about 4 s (a worker and a kernel start), up to 12 s measured on the busy 2-core
+    # machine with two pytest workers (the waiting costs no CPU: the other worker goes on meanwhile).
+    csv_path = run_sweep(notebook, {"hang": [1, 0], "label": ["x"]}, out_dir=out, jobs=1, run_timeout=20)
     elapsed = time.monotonic() - start
     # Far below the ten-minute sleep and the 600 s cell timeout: the run limit ended it.
     assert elapsed < 200, f"the sweep took {elapsed:.0f} s"
     rows = read_rows(csv_path)
     assert [(r["hang"], r["status"], r["finished"]) for r in rows] == [("1", "failed", ""), ("0", "ok", "x")]
-    assert rows[0]["error"] == "timed out after 15 s: run and kernel killed"
+    assert rows[0]["error"] == "timed out after 20 s: run and kernel killed"
     # The kill came while the kernel was sleeping in the cell, and that kernel is gone.
     pid_file = out / "files" / "chapter__hang=1__label=x" / "work" / "kernel.pid"
     assert ended(int(pid_file.read_text())), "the hanging kernel is still running"
