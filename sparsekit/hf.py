@@ -390,8 +390,9 @@ def compile_timing(
     Dropped again, the next first prefill finds its kernels in that folder: a **warm** compile, what a
     second run of a program pays. Then the best of ``repeat`` further calls. Returns ``cold_seconds``,
     ``warm_seconds``, ``run_seconds``, the cache misses and hits of each first call (``cold_misses``,
-    ``cold_hits``, ``warm_misses``, ``warm_hits``) and ``prompt_tokens``. What was compiled here is
-    dropped at the end, so the next compiled call compiles again (from the default cache).
+    ``cold_hits``, ``warm_misses``, ``warm_hits``) and ``prompt_tokens``. ``torch._dynamo.reset()``
+    drops every compiled graph of the process, here and at the end, so the next compiled call of any
+    function compiles again (from the default cache: usually warm).
     """
     from torch._inductor.utils import fresh_cache
 
