@@ -95,8 +95,9 @@ def chapter_latencies(browser, server, chapter: str, moves: int, timeout_s: floa
         source = baseline_source(chapter)
         if source is not None and "live.interact(" not in source:
             errors = page.evaluate(ADD_BASELINE_JS, [index, source])
-            if errors:
-                raise RuntimeError(f"baseline cell raised: {errors}")
+            if errors:  # the chapter was rebuilt since: its old cell no longer runs in it
+                print(f"  {chapter}: no baseline, the old live cell raised {errors}", flush=True)
+                return rows
             old = page.locator(BASELINE_CELL)
             old.locator("img").first.wait_for()
             rows.append(("old", *moves_of(page, old, moves)))
