@@ -157,8 +157,11 @@ def mask_picture(
     """
     shown = n if sample_size is None else check_int("sample_size", sample_size, low=1, high=n)
     if shown <= exact_limit:
-        idx = np.arange(shown)
-        labels = pattern.bind(n).label(idx[:, None], idx[None, :])
+        if shown == n:
+            labels = pattern.labels(n)  # the whole mask: the pattern's own (faster) labelled view
+        else:
+            idx = np.arange(shown)
+            labels = pattern.bind(n).label(idx[:, None], idx[None, :])
         picture, group = pool_labels(labels, pixels)
         cells = f" of {n} x {n} cells" if shown == n else f", top-left {shown} x {shown} cells of {n} x {n}"
         pooled = "" if group == 1 else f", {group} x {group} cells a pixel (their highest label)"
