@@ -23,7 +23,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 help:
 	@echo "make book       create .venv, install, build the HTML book into _build/html"
-	@echo "make test       venv, lint, unit, nbval, book-committed and browser, stopping at the first failure"
+	@echo "make test       venv, lint, unit, nbval, book-committed, browser and test-live, stopping at the first failure"
 	@echo "make book-committed  build the book from the committed outputs (nbval verifies them)"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make unit       pytest tests"
@@ -118,8 +118,9 @@ lab: venv $(LIVE_STAMP)
 explore: venv $(LIVE_STAMP)
 	exec $(BIN)/voila explore/explorer.ipynb --Voila.ip=127.0.0.1 $(EXPLORE_ARGS)
 
-# Each chapter in JupyterLab up to its live explorer, every live slider moved by keyboard and mouse,
-# and the explorer page, in Debian's Chromium (not yet in .ci/run: some chapters still fail, see issue 17).
+# Each chapter in JupyterLab up to its live cell, every slider in view moved by keyboard and mouse (the
+# picture must change, the printed numbers be sparsekit's), and the explorer page, in Debian's Chromium.
+# Part of `make test`: about 7 to 14 minutes on two shared cores.
 test-live: venv $(LIVE_STAMP) $(BROWSER_STAMP)
 	test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/python -m pytest tests/live/test_live_sliders.py -q -p no:randomly
@@ -135,7 +136,7 @@ nbval: venv
 # Every check, in order, stopping at the first failure, with the time each one took.
 test:
 	@total=$$(date +%s); \
-	for step in venv lint unit nbval book-committed browser; do \
+	for step in venv lint unit nbval book-committed browser test-live; do \
 		start=$$(date +%s); \
 		echo "==> make $$step"; \
 		$(MAKE) --no-print-directory $$step || { echo "==> make $$step FAILED"; exit 1; }; \
