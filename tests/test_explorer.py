@@ -16,7 +16,7 @@ import pytest
 from reference import RULES, brute_force
 
 import sparsekit as sk
-from sparsekit import explorer, live
+from sparsekit import explorer
 
 matplotlib.use("Agg")
 
@@ -111,18 +111,6 @@ def test_limits_that_follow_another_parameter_keep_the_pattern_valid():
     e.sliders["fixed", "summary"].value = 20
     e.sliders["fixed", "block"].value = 8
     assert e.sliders["fixed", "summary"].value == 8 and "color:#b00020" not in e.readout.value
-
-
-def test_pool_labels_keeps_the_highest_code_of_each_group():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, size=(10, 10)).astype(np.uint8)
-    pooled, group = live.pool_labels(labels, 4)
-    assert group == 3 and pooled.shape == (4, 4)
-    for a in range(4):
-        for b in range(4):
-            assert pooled[a, b] == labels[3 * a : 3 * a + 3, 3 * b : 3 * b + 3].max()
-    same, one = live.pool_labels(labels, 10)
-    assert one == 1 and same is labels
 
 
 def test_nice_ceiling():

@@ -112,10 +112,16 @@ def test_classifier_without_attention_refuses_attention_options():
         layers.SparseAttentionClassifier(pattern=None, relative_position_bias=True)
 
 
-@compiles("compiles one C++ kernel per map size (seconds each)")
-def test_compiled_layer_survives_more_shapes_than_the_recompile_limit():
-    # With the limit at 1, a single compiled flex_attention would fall back to eager (or raise) at the
-    # second map size; the layer's regions per pattern and size must keep compiling.
+@compiles("compiles one C++ kernel per input shape (seconds each)")
+@pytest.mark.parametrize(
+    "shapes",
+    [[(1, 4), (1, 6), (1, 8)], [(1, 4), (2, 4), (3, 4)]],
+    ids=["map-sizes", "batch-sizes"],
+)
+def test_compiled_layer_survives_more_shapes_than_the_recompile_limit(shapes):
+    # Under a limit of 1 a single compiled flex_attention raises at the second map size, and a region
+    # per pattern and map size alone raised at the second batch size: every input shape needs a
+    # region of its own (batch, side) -> one compile each.
     torch.manual_seed(0)
     layer = layers.SparseAttention2d(16, 16, 1, "block", block_size=16, compile=True)
     torch.manual_seed(0)
@@ -124,28 +130,8 @@ def test_compiled_layer_survives_more_shapes_than_the_recompile_limit():
     torch.set_num_threads(1)
     try:
         with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-            for side in (4, 6, 8):
-                x = torch.randn(1, 16, side, side)
-                with torch.no_grad():
-                    torch.testing.assert_close(layer(x), eager(x), rtol=1e-4, atol=1e-5)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@compiles("compiles one C++ kernel per batch size (seconds each)")
-def test_compiled_layer_survives_more_batch_sizes_than_the_recompile_limit():
-    # A region per pattern and map size alone raised FailOnRecompileLimitHit at the second batch size
-    # under a limit of 1 (the ninth under the default 8): each input shape needs a region of its own.
-    torch.manual_seed(0)
-    layer = layers.SparseAttention2d(16, 16, 1, "block", block_size=16, compile=True)
-    torch.manual_seed(0)
-    eager = layers.SparseAttention2d(16, 16, 1, "block", block_size=16)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-            for batch in (1, 2, 3):
-                x = torch.randn(batch, 16, 4, 4)
+            for batch, side in shapes:
+                x = torch.randn(batch, 16, side, side)
                 with torch.no_grad():
                     torch.testing.assert_close(layer(x), eager(x), rtol=1e-4, atol=1e-5)
     finally:
