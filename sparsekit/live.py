@@ -271,7 +271,7 @@ def interact(
     Returns
     -------
     ipywidgets.VBox
-        The controls, the picture, the printed line (CSS class :data:`TEXT_CLASS`) and the view's note.
+        The controls, the picture, the printed line (CSS class ``sparsekit-live-text``) and the view's note.
     """
     import ipywidgets as widgets
 
