@@ -11,8 +11,10 @@ can reach from ``k`` views, and :func:`vote_accuracy` the same voter's expected 
 examples. Pure Python and numpy; the model trained on the task ships in :data:`SHIPPED_MODEL`.
 
 >>> example = make_examples(1, num_views=3, seed=0)[0]
->>> example.prefix, example.suffix, len(example.paraphrases), len(example.answer.split())
-('which code ?', 'answer :', 3, 4)
+>>> example.prefix, example.suffix
+('which code ?', 'answer :')
+>>> len(example.paraphrases), len(example.answer.split())
+(3, 4)
 """
 
 from __future__ import annotations

@@ -21,12 +21,13 @@ A live cell for the strided pattern, with its exact sparsity printed under the p
 ...     pattern = sk.strided(window, stride)
 ...     view.show(pattern, 1024, sample_size=128)
 ...     return f"sparsity {pattern.sparsity(1024):.2%}"
+>>> slider = widgets.IntSlider
 >>> box = live.interact(
 ...     draw, view,
-...     window=widgets.IntSlider(value=32, min=0, max=128, description="window"),
-...     stride=widgets.IntSlider(value=32, min=1, max=128, description="stride"),
+...     window=slider(value=32, min=0, max=128, description="window"),
+...     stride=slider(value=32, min=1, max=128, description="stride"),
 ... )
->>> box.children[-2].value  # the printed line (ends the cell's output: `box` displays it)
+>>> box.children[-2].value  # the printed line; the cell ends with `box`
 '<pre>sparsity 95.41%</pre>'
 
 Any other figure works the same way: draw its static parts once on ``LiveFigure.figure``, pass the

@@ -2,7 +2,8 @@
 
 ::
 
-    python -m sparsekit.torch.train_fusion --out DIR [--seed S] [--steps N] [--max-seconds T]
+    python -m sparsekit.torch.train_fusion --out DIR \\
+        [--seed S] [--steps N] [--max-seconds T]
 
 A ``LlamaForCausalLM`` with random initial weights and a word-level tokenizer built offline with
 ``tokenizers`` learn to answer the task's code from ``k = 1 .. 5`` corrupted views. Every training

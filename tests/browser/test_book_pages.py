@@ -664,7 +664,18 @@ def test_no_dead_widget(request, name, view):
                 'script[type="application/vnd.jupyter.widget-view+json"]').length,
             boxes: [...document.querySelectorAll('article .jupyter-widgets, article .widget-area')]
                 .filter(e => e.getClientRects().length > 0).length,
-            text: document.querySelector('article')?.innerText || '',
+            // The text a reader sees outside source code: outputs, prose (a docstring's example
+            // that builds a slider is code, not a dead widget).
+            text: (() => {
+                const article = document.querySelector('article');
+                if (!article) return '';
+                const copy = article.cloneNode(true);
+                copy.querySelectorAll('script, style').forEach(e => e.remove());
+                copy.querySelectorAll('div[class*="highlight"]').forEach(e => {
+                    if (!e.closest('.cell_output')) e.remove();
+                });
+                return copy.textContent;
+            })(),
         })"""
     )
     assert not found["views"], f"{found['views']} widget views that need a kernel or a CDN manager"
