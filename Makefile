@@ -26,7 +26,7 @@ help:
 	@echo "make test       venv, lint, unit, nbval, book-committed, browser and test-live, stopping at the first failure"
 	@echo "make book-committed  build the book from the committed outputs (nbval verifies them)"
 	@echo "make lint       ruff check and ruff format --check"
-	@echo "make unit       pytest tests"
+	@echo "make unit       pytest tests (COMPILE_TESTS=0: without the compiled FlexAttention tests)"
 	@echo "make nbval      pytest --nbval on every notebook (committed outputs must reproduce)"
 	@echo "make browser    check the built book in Chromium (installs Debian's chromium if missing)"
 	@echo "make notebooks  re-execute every notebook in place and save its outputs"
@@ -70,15 +70,18 @@ lint: venv
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-# SPARSEKIT_COMPILE_TESTS=1: also compile FlexAttention's C++ CPU kernel (the proof that the compiled
-# kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
-# -n: pytest-xdist workers (one test file each at a time, so a file's module fixtures run once);
+# COMPILE_TESTS=1 (the default): also compile FlexAttention's C++ CPU kernel (the proof that the
+# compiled kernel reads sparsekit's tile tables); about 20 s more with a cold compiler cache.
+# `make unit COMPILE_TESTS=0` is the quick suite, about a minute on two cores.
+# -n: pytest-xdist workers (one test file each at a time, so a file's module fixtures run once), the
+# files in collection order (--no-loadscope-reorder: tests/conftest.py puts the longest first);
 # UNIT_WORKERS=0 runs in this process. -p no:nbval: the unit tests need no nbval, whose import costs
 # each pytest process about 2 s.
 UNIT_WORKERS ?= 2
+COMPILE_TESTS ?= 1
 unit: venv
-	SPARSEKIT_COMPILE_TESTS=1 $(BIN)/python -m pytest tests -q --ignore=tests/browser --ignore=tests/live \
-		-n $(UNIT_WORKERS) --dist loadfile -p no:nbval
+	SPARSEKIT_COMPILE_TESTS=$(COMPILE_TESTS) $(BIN)/python -m pytest tests -q --ignore=tests/browser \
+		--ignore=tests/live -n $(UNIT_WORKERS) --dist loadfile --no-loadscope-reorder -p no:nbval
 
 # By hand, not part of `make test`: plant each fault of tests/mutants.py in a copy of the package and
 # run the unit suite on it (-x, a time limit per test); prints which test caught each fault and when.

@@ -301,13 +301,16 @@ def _run_one(
     return result
 
 
-def _worker(conn: Any, args: tuple) -> None:
+def _worker(conn: Any, args: tuple, environ: dict[str, str]) -> None:
     """Entry point of a run's process: run it and send the result back through ``conn``.
 
     Ctrl-C is the parent's to handle (it stops every run and kills its kernel), so the run itself
-    ignores SIGINT instead of dying half-way through writing its notebook.
+    ignores SIGINT instead of dying half-way through writing its notebook. ``environ`` is the
+    parent's environment when the run started (a fork server keeps the one it started with).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update(environ)
     conn.send(_run_one(*args))
     conn.close()
 
@@ -575,9 +578,9 @@ def _execute(
 
     A run past ``run_timeout`` seconds is killed with its kernel and reported failed (not retried).
     On Ctrl-C (``KeyboardInterrupt``) every running run and kernel is killed before the exception
-    propagates. Fresh (spawned) processes: a forked copy of ZeroMQ state can lose kernel messages.
+    propagates.
     """
-    context = multiprocessing.get_context("spawn")
+    context = _run_context()
     pending = deque(enumerate(tasks))
     running: dict[Any, tuple[int, Any, float, str]] = {}  # connection -> index, process, start, path
     try:
@@ -585,7 +588,8 @@ def _execute(
             while pending and len(running) < jobs:
                 index, (nb, path, params) = pending.popleft()
                 receive, send = context.Pipe(duplex=False)
-                proc = context.Process(target=_worker, args=(send, (nb, path, params, kernel_name, timeout)))
+                run = (nb, path, params, kernel_name, timeout)
+                proc = context.Process(target=_worker, args=(send, run, dict(os.environ)))
                 proc.start()
                 send.close()
                 running[receive] = (index, proc, time.monotonic(), path)
@@ -612,6 +616,22 @@ def _execute(
             _kill_tree(proc.pid)
             conn.close()
             _discard_partial(path, proc.pid)
+
+
+def _run_context() -> Any:
+    """The multiprocessing context that starts each run's process.
+
+    Never a fork of this process: a forked copy of the ZeroMQ state of a Jupyter kernel that
+    calls :func:`run_sweep` can lose kernel messages. Where the platform has a fork server, a fork
+    of it: the server starts once per process, imports papermill, and every run then starts
+    without importing papermill again (1.3 s on a 2-core machine; ``benchmarks/bench_sweep.py``
+    compares the two). Elsewhere (Windows) each run is a freshly spawned process.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["sparsekit.sweep", "papermill", "nbformat"])
+    return context
 
 
 def _failed(error: str) -> dict[str, Any]:

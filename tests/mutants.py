@@ -308,6 +308,11 @@ MUTANTS: list[tuple[str, str, list[tuple[str, str]]]] = [
         "masks/vision.py",
         [('w = 2 * width if opts["window"] is None', 'w = 2 * width - 2 if opts["window"] is None')],
     ),
+    (
+        "sweep: a run gets the environment of the fork server's start, not the sweep's",
+        "sweep.py",
+        [("    os.environ.clear()\n    os.environ.update(environ)\n", "")],
+    ),
 ]
 
 

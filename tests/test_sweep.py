@@ -139,6 +139,30 @@ def test_sweep_runs_grid_in_parallel_and_reports_failure(tmp_path, capsys):
     assert (out / "summary.png").stat().st_size > 0
 
 
+def test_each_run_sees_the_environment_of_its_start(tmp_path, monkeypatch):
+    """A run's process may come from a server started by an earlier sweep: it still gets the
+    environment variables as they are when the sweep starts, as a freshly started process would."""
+    parameters = nbformat.v4.new_code_cell("tag = 'a'")
+    parameters.metadata["tags"] = ["parameters"]
+    record = nbformat.v4.new_code_cell(
+        "import os\n{'probe': os.environ.get('SPARSEKIT_SWEEP_PROBE', 'unset')}"
+    )
+    record.metadata["tags"] = ["record"]
+    notebook = nbformat.v4.new_notebook(cells=[parameters, record])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(notebook, str(path))
+
+    def probes(out):
+        with open(run_sweep(path, {"tag": ["a"]}, out_dir=tmp_path / out, jobs=1), newline="") as handle:
+            return [row["probe"] for row in csv.DictReader(handle)]
+
+    monkeypatch.delenv("SPARSEKIT_SWEEP_PROBE", raising=False)
+    assert probes("first") == ["unset"]
+    monkeypatch.setenv("SPARSEKIT_SWEEP_PROBE", "set after the first sweep")
+    assert probes("second") == ["set after the first sweep"]
+
+
 def test_cli_rejects_missing_notebook(tmp_path, capsys):
     code = main([str(tmp_path / "nope.ipynb"), "-p", "size", "1,2"])
     assert code == 2
