@@ -110,7 +110,14 @@ def test_ctrl_c_stops_runs_and_kernels_and_writes_the_finished_summary(tmp_path)
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "sparsekit", "sweep", str(notebook), "-p", "hang", "0,1"]
     command += ["--jobs", "2", "--out", str(out), "--run-timeout", "600"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # As from a terminal's foreground: a job started in the background (`make mutants &`) inherits
+    # SIGINT ignored, and Python keeps it ignored, so the command would never see the Ctrl-C.
+    proc = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines = []
     deadline = time.monotonic() + 120
     try:
