@@ -99,7 +99,10 @@ def voila_command(port: int, token: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _stop_with_parent() -> None:
+def _server_signals() -> None:
+    # SIGINT at its default, as in a terminal's foreground job: a test run started as a background
+    # job inherits it ignored, the server keeps it so, and `Server.stop`'s Ctrl-C would go unheard.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     # Linux: the server gets SIGTERM (and shuts its kernels down) if the test process dies first.
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -117,7 +120,7 @@ def start(kind: str, home: Path, timeout: float = 120) -> Server:
     log = home / f"{kind}.log"
     process = subprocess.Popen(
         command, cwd=ROOT, env=_environment(home), stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_stop_with_parent,
+        start_new_session=True, preexec_fn=_server_signals,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     probe = f"{url}/api/status?token={token}" if kind == "lab" else f"{url}/?token={token}"
