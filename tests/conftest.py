@@ -22,6 +22,9 @@ LONGEST_FIRST = (
     "test_cli.py",
     "test_fuse_cli.py",
     "test_sweep.py",
+    "test_torch_blockmask.py",
+    "test_hf_fusion.py",
+    "test_patterns.py",
 )
 
 
