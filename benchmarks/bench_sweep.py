@@ -18,20 +18,11 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import nbformat
-
 from sparsekit import sweep
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-def tiny_chapter(path: Path) -> Path:
-    parameters = nbformat.v4.new_code_cell("point = 0")
-    parameters.metadata["tags"] = ["parameters"]
-    record = nbformat.v4.new_code_cell("{'point': point}")
-    record.metadata["tags"] = ["record"]
-    notebook = nbformat.v4.new_notebook(cells=[parameters, record])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, str(path))
-    return path
+from chapters import write_chapter  # noqa: E402
 
 
 def seconds_per_run(chapter: Path, out: Path, runs: int, jobs: int) -> float:
@@ -46,7 +37,7 @@ def main() -> None:
     print(f"{runs} runs of a two-cell chapter; seconds per run (wall), lower is better")
     spawned = mock.patch.object(sweep, "_run_context", lambda: multiprocessing.get_context("spawn"))
     with tempfile.TemporaryDirectory() as tmp:
-        chapter = tiny_chapter(Path(tmp) / "chapter.ipynb")
+        chapter = write_chapter(Path(tmp) / "chapter.ipynb", "point = 0", record="{'point': point}")
         # Warm-up: the fork server starts once per process (its papermill import is not a run's).
         sweep.run_sweep(chapter, {"point": [0]}, out_dir=Path(tmp) / "warm", jobs=1)
         for jobs in (1, 2):

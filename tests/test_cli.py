@@ -8,9 +8,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import nbformat
 import numpy as np
 import pytest
+from chapters import write_chapter
 from reference import RULES, brute_force, brute_force_labels, family_labels
 
 from sparsekit import resources as res
@@ -77,13 +77,7 @@ def seed_labels(key: str, n: int, w: int, s: int, d: int) -> np.ndarray:
 
 def tiny_notebook(path):
     """A chapter of two cells: literal parameters, and a record of what they give."""
-    parameters = nbformat.v4.new_code_cell("size = 4\nwindow_size = 1")
-    parameters.metadata["tags"] = ["parameters"]
-    record = nbformat.v4.new_code_cell("{'nnz': size * window_size}")
-    record.metadata["tags"] = ["record"]
-    notebook = nbformat.v4.new_notebook(cells=[parameters, record])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, str(path))
+    write_chapter(path, "size = 4\nwindow_size = 1", record="{'nnz': size * window_size}")
 
 
 SOLVE = {  # extra flags -> the family the printed parameters describe

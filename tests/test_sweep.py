@@ -7,6 +7,7 @@ import math
 
 import nbformat
 import pytest
+from chapters import write_chapter
 
 from sparsekit.sweep import (
     SweepError,
@@ -21,29 +22,13 @@ from sparsekit.sweep import (
 
 def make_notebook(path, *, with_parameters=True):
     """A tiny chapter: literal parameters, a check that fails for size=8 and window_size=3."""
-    cells = []
-    if with_parameters:
-        parameters = nbformat.v4.new_code_cell("size = 4\nwindow_size = 1")
-        parameters.metadata["tags"] = ["parameters"]
-        cells.append(parameters)
-    cells.append(
-        nbformat.v4.new_code_cell(
-            "if size == 8 and window_size == 3:\n"
-            "    raise ValueError(f'window_size={window_size} is not allowed with size={size}')\n"
-            "nnz = size * window_size"
-        )
+    check = (
+        "if size == 8 and window_size == 3:\n"
+        "    raise ValueError(f'window_size={window_size} is not allowed with size={size}')\n"
+        "nnz = size * window_size"
     )
-    record = nbformat.v4.new_code_cell("{'nnz': nnz, 'density': nnz / size**2, 'name': f'w{window_size}'}")
-    record.metadata["tags"] = ["record"]
-    cells.append(record)
-    notebook = nbformat.v4.new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(notebook, str(path))
-    return path
+    record = "{'nnz': nnz, 'density': nnz / size**2, 'name': f'w{window_size}'}"
+    return write_chapter(path, "size = 4\nwindow_size = 1" if with_parameters else None, check, record=record)
 
 
 def test_parse_value_int_then_float_then_str():
@@ -142,16 +127,8 @@ def test_sweep_runs_grid_in_parallel_and_reports_failure(tmp_path, capsys):
 def test_each_run_sees_the_environment_of_its_start(tmp_path, monkeypatch):
     """A run's process may come from a server started by an earlier sweep: it still gets the
     environment variables as they are when the sweep starts, as a freshly started process would."""
-    parameters = nbformat.v4.new_code_cell("tag = 'a'")
-    parameters.metadata["tags"] = ["parameters"]
-    record = nbformat.v4.new_code_cell(
-        "import os\n{'probe': os.environ.get('SPARSEKIT_SWEEP_PROBE', 'unset')}"
-    )
-    record.metadata["tags"] = ["record"]
-    notebook = nbformat.v4.new_notebook(cells=[parameters, record])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "probe.ipynb"
-    nbformat.write(notebook, str(path))
+    probe = "import os\n{'probe': os.environ.get('SPARSEKIT_SWEEP_PROBE', 'unset')}"
+    path = write_chapter(tmp_path / "probe.ipynb", "tag = 'a'", record=probe)
 
     def probes(out):
         with open(run_sweep(path, {"tag": ["a"]}, out_dir=tmp_path / out, jobs=1), newline="") as handle:

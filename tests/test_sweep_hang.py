@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
-import nbformat
 import psutil
 import pytest
+from chapters import write_chapter
 
 from sparsekit.sweep import run_sweep
 
@@ -21,18 +21,11 @@ def hanging_notebook(path):
 
     A hanging kernel first writes its process id to ``kernel.pid`` in its working directory.
     """
-    parameters = nbformat.v4.new_code_cell("hang = 0\nlabel = 'a'")
-    parameters.metadata["tags"] = ["parameters"]
-    sleep = nbformat.v4.new_code_cell(
+    sleep = (
         "import os, pathlib, time\nif hang:\n"
         "    pathlib.Path('kernel.pid').write_text(str(os.getpid()))\n    time.sleep(600)"
     )
-    record = nbformat.v4.new_code_cell("{'finished': label}")
-    record.metadata["tags"] = ["record"]
-    notebook = nbformat.v4.new_notebook(cells=[parameters, sleep, record])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, str(path))
-    return path
+    return write_chapter(path, "hang = 0\nlabel = 'a'", sleep, record="{'finished': label}")
 
 
 def read_rows(path):
@@ -50,23 +43,18 @@ def runs_of(pid: int) -> list[psutil.Process]:
         below = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    commands = {}
+    known = []  # (process, command line, parent pid) of those still running
     for proc in below:
         try:
-            commands[proc.pid] = " ".join(proc.cmdline())
+            known.append((proc, " ".join(proc.cmdline()), proc.ppid()))
         except psutil.NoSuchProcess:
-            commands[proc.pid] = ""
-    servers = {p.pid for p in below if "multiprocessing.forkserver" in commands[p.pid]}
-    found = []
-    for proc in below:
-        command = commands[proc.pid]
-        try:
-            forked_run = proc.ppid() in servers
-        except psutil.NoSuchProcess:
-            continue
-        if "ipykernel" in command or "spawn_main" in command or forked_run:
-            found.append(proc)
-    return found
+            pass
+    servers = {proc.pid for proc, command, _ in known if "multiprocessing.forkserver" in command}
+    return [
+        proc
+        for proc, command, parent in known
+        if "ipykernel" in command or "spawn_main" in command or parent in servers
+    ]
 
 
 def ended(pid: int) -> bool:
